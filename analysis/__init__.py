@@ -1,0 +1,1 @@
+"""Analysis: position-prediction probe, pictures, comparison tables and the end-to-end run."""

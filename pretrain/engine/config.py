@@ -1,0 +1,177 @@
+"""Run configuration: one default YAML with every key, recipe files with diffs, CLI overrides.
+
+``load_config(recipe, overrides)`` merges default <- recipe(s) <- ``key=value``
+overrides (OmegaConf dot-list syntax). Unknown keys are rejected with the
+closest valid name; values must keep the default's type; method-specific
+ranges are checked before any work starts. ``save_config`` writes the resolved
+config next to a run's outputs.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run, with the offending key and file."""
+
+
+def _flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf keys of a config (interpolations kept as strings)."""
+    if isinstance(cfg, DictConfig):
+        cfg = OmegaConf.to_container(cfg, resolve=False)
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and len(v) > 0:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _check_keys(default: DictConfig, other: DictConfig, source: str) -> None:
+    valid = _flatten(default)
+    sections = {k.rsplit(".", 1)[0] for k in valid if "." in k}
+    for key in _flatten(other):
+        if key in valid:
+            continue
+        # allow a whole sub-dict whose default is an empty mapping (free-form sections)
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if parent and parent in valid and isinstance(OmegaConf.select(default, parent), DictConfig):
+            continue
+        candidates = list(valid) + list(sections)
+        close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+        if not close:
+            leaf = key.rsplit(".", 1)[-1]
+            close = [c for c in valid if c.rsplit(".", 1)[-1] == leaf][:1]
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{key}' in {source}{hint}")
+
+
+def _type_name(v: Any) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    if isinstance(v, float):
+        return "float"
+    if isinstance(v, str):
+        return "str"
+    if isinstance(v, (list, tuple, ListConfig)):
+        return "list"
+    return type(v).__name__
+
+
+def _check_types(default: DictConfig, cfg: DictConfig) -> None:
+    dflt = _flatten(default)
+    for key, value in _flatten(cfg).items():
+        if key not in dflt or dflt[key] is None or value is None:
+            continue
+        want, got = _type_name(dflt[key]), _type_name(value)
+        if isinstance(value, str) and value.startswith("${"):
+            continue
+        if want == got or (want == "float" and got == "int"):
+            continue
+        raise ConfigError(f"config key '{key}' must be {want}, got {got} ({value!r})")
+
+
+def _read_yaml(path: str | os.PathLike) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        alt = CONFIG_DIR / path
+        if alt.is_file():
+            path = alt
+        elif (CONFIG_DIR / f"{path}.yaml").is_file():
+            path = CONFIG_DIR / f"{path}.yaml"
+        else:
+            raise ConfigError(f"config file not found: {path}")
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:
+        raise ConfigError(f"cannot parse config file {path}: {exc}") from exc
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config file {path} must hold a mapping")
+    return cfg
+
+
+def load_config(
+    recipes: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    overrides: Sequence[str] = (),
+    default: str | os.PathLike = DEFAULT_CONFIG,
+) -> DictConfig:
+    """Merge the default config, recipe files (in order) and ``key=value`` overrides."""
+    base = _read_yaml(default)
+    cfg = base
+    if recipes is None:
+        recipes = []
+    elif isinstance(recipes, (str, os.PathLike)):
+        recipes = [recipes]
+    for recipe in recipes:
+        part = _read_yaml(recipe)
+        part = OmegaConf.masked_copy(part, [k for k in part.keys() if k != "_base_"]) if "_base_" in part else part
+        _check_keys(base, part, str(recipe))
+        cfg = OmegaConf.merge(cfg, part)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value")
+    try:
+        cli = OmegaConf.from_dotlist(list(overrides))
+    except Exception as exc:
+        raise ConfigError(f"cannot parse overrides {list(overrides)}: {exc}") from exc
+    _check_keys(base, cli, "command-line overrides")
+    cfg = OmegaConf.merge(cfg, cli)
+    _check_types(base, cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as exc:
+        raise ConfigError(f"cannot resolve config: {exc}") from exc
+    validate(cfg)
+    return cfg
+
+
+def _ratio(cfg: DictConfig, key: str, low_open: bool = True) -> None:
+    v = OmegaConf.select(cfg, key)
+    if v is None:
+        return
+    if not (0.0 < float(v) < 1.0):
+        raise ConfigError(f"config key '{key}' must lie strictly between 0 and 1, got {v}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Range and consistency checks that must fail before any work starts."""
+    methods = ("droppos", "mae", "adpe")
+    if cfg.method not in methods:
+        raise ConfigError(f"config key 'method' must be one of {methods}, got {cfg.method!r}")
+    img, patch = int(cfg.model.img_size), int(cfg.model.patch_size)
+    if img <= 0 or patch <= 0 or img % patch != 0:
+        raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
+    for key in ("droppos.mask_ratio", "droppos.pos_drop_ratio", "mae.mask_ratio"):
+        _ratio(cfg, key)
+    if "adpe" in cfg:
+        _ratio(cfg, "adpe.mask_ratio")
+    for key in ("train.epochs", "train.batch_size", "train.accum_iter"):
+        if int(OmegaConf.select(cfg, key)) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
+    if cfg.train.precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
+    if cfg.optim.clip_mode not in ("global", "per_tensor"):
+        raise ConfigError(f"optim.clip_mode must be 'global' or 'per_tensor', got {cfg.optim.clip_mode!r}")
+    if cfg.droppos.smoothing not in ("paper", "reference"):
+        raise ConfigError(f"droppos.smoothing must be 'paper' or 'reference', got {cfg.droppos.smoothing!r}")
+
+
+def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:
+    """Write the resolved config (YAML) next to a run's outputs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)

@@ -1,0 +1,268 @@
+"""DropPos: pre-training ViTs by reconstructing dropped positions (Wang et al., NeurIPS 2023).
+
+Per image: keep a random (1 - mask_ratio) share of the patches; among those,
+keep the true sin-cos position embedding for a random (1 - pos_drop_ratio)
+share and give the rest one learnable position mask token; encode; a small
+position head (no position embedding) classifies every visible token into one
+of the N grid cells. The loss is a soft-target cross-entropy on the tokens whose
+position was dropped, with Gaussian position smoothing (sigma decaying to 0) and
+attentive reconstruction weights (cls-to-patch cosine similarity of a no-grad
+pass over the full image, softmax at temperature tau).
+
+State-dict keys equal the reference model's once the ``encoder.`` prefix is
+removed (see ``pretrain.checkpoints``): mask_pos_token, decoder_embed,
+decoder_blocks.{i}, decoder_norm, decoder_pred.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+
+from .masking import gather_tokens, num_kept, random_keep
+from .method import MethodOutput
+from .pos_embed import grid_coords
+from .vit import VisionTransformer, init_linear_and_norm
+
+SMOOTHING_MODES = ("paper", "reference")
+
+
+@dataclass
+class DropPosMasks:
+    """Which patches are seen and which of them lost their position.
+
+    ids_keep: [B, V] indices of the visible patches (= their true positions).
+    pos_dropped: [B, V] bool, True where the position embedding was replaced
+        by the position mask token (these tokens carry the loss).
+    """
+
+    ids_keep: torch.Tensor
+    pos_dropped: torch.Tensor
+
+
+# --------------------------------------------------------------------------- smoothing
+def smoothing_matrix(
+    grid_size: tuple[int, int],
+    sigma: torch.Tensor | float,
+    mode: str = "paper",
+    img_size: int | None = None,
+) -> torch.Tensor:
+    """Soft position targets: row y is the target distribution for true cell y, [N, N].
+
+    ``paper``: w(y, j) = exp(-d(y, j)^2 / sigma^2) on the true grid, each row
+    normalised to sum to 1; sigma == 0 gives the identity (one-hot targets).
+
+    ``reference``: the released code's behaviour, kept for exact reproduction: the
+    map is built on a (img_size // grid_side)^2 grid (16 x 16 = 256 cells at 224 px,
+    patch 16), normalised by ``weight / weight.sum(-1)`` (which scales columns),
+    and only its first N rows and columns are used.
+    """
+    if mode not in SMOOTHING_MODES:
+        raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    n = grid_size[0] * grid_size[1]
+    if mode == "paper":
+        coords = grid_coords(grid_size, device=sigma.device)
+    else:
+        if img_size is None:
+            raise ValueError("reference smoothing needs img_size")
+        side = img_size // grid_size[1]
+        coords = grid_coords((side, side), device=sigma.device)
+    d2 = torch.cdist(coords, coords).square()  # [M, M]
+    # sigma -> 0 makes every off-diagonal logit -inf-like: exact one-hot rows.
+    logits = -d2 / sigma.clamp_min(1e-4).square()
+    if mode == "paper":
+        return torch.softmax(logits, dim=-1)
+    weight = torch.exp(logits)
+    weight = weight / weight.sum(-1)  # broadcasts over the last dim: column scaling
+    return weight[:n, :n]
+
+
+def sigma_at(epoch: float, total_epochs: int, sigma0: float, decay: bool = True, per_epoch: bool = True) -> float:
+    """Linear decay of sigma from ``sigma0`` to 0 over training.
+
+    The reference updates once per epoch (``per_epoch``): sigma = (1 - e / E) * sigma0.
+    """
+    if not decay or total_epochs <= 0:
+        return sigma0
+    e = float(int(epoch)) if per_epoch else float(epoch)
+    return max(0.0, 1.0 - e / float(total_epochs)) * sigma0
+
+
+# --------------------------------------------------------------------------- method
+class DropPos(nn.Module):
+    """DropPos pretraining around the suite's ViT.
+
+    Args:
+        encoder: the ViT (its pos_embed is the fixed sin-cos table).
+        mask_ratio: share of patches not fed to the encoder (gamma).
+        pos_drop_ratio: share of visible patches whose position is dropped.
+        decoder_dim, decoder_depth, decoder_heads: the position head.
+        sigma: initial smoothing sigma (decays to 0 via ``set_progress``).
+        sigma_decay: decay sigma linearly over training.
+        sigma_per_epoch: update sigma once per epoch (reference) or every step.
+        tau: attentive-reconstruction temperature.
+        attentive: weight tokens by the attentive-reconstruction pass.
+        smoothing: 'paper' (true grid, rows normalised) or 'reference'.
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        mask_ratio: float = 0.75,
+        pos_drop_ratio: float = 0.75,
+        decoder_dim: int = 512,
+        decoder_depth: int = 2,
+        decoder_heads: int = 16,
+        sigma: float = 1.0,
+        sigma_decay: bool = True,
+        sigma_per_epoch: bool = True,
+        tau: float = 0.1,
+        attentive: bool = True,
+        smoothing: str = "paper",
+    ) -> None:
+        super().__init__()
+        if smoothing not in SMOOTHING_MODES:
+            raise ValueError(f"unknown smoothing mode {smoothing!r}; choose one of {SMOOTHING_MODES}")
+        self.encoder = encoder
+        self.mask_ratio = mask_ratio
+        self.pos_drop_ratio = pos_drop_ratio
+        self.num_visible = num_kept(encoder.num_patches, mask_ratio)
+        self.num_pos_kept = num_kept(self.num_visible, pos_drop_ratio)
+        self.sigma0 = sigma
+        self.sigma_decay = sigma_decay
+        self.sigma_per_epoch = sigma_per_epoch
+        self.tau = tau
+        self.attentive = attentive
+        self.smoothing = smoothing
+        dim = encoder.embed_dim
+        n = encoder.num_patches
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+
+        self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Position head: no position embedding anywhere in it.
+        self.decoder_embed = nn.Linear(dim, decoder_dim)
+        self.decoder_blocks = nn.ModuleList(
+            [Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True, norm_layer=norm_layer) for _ in range(decoder_depth)]
+        )
+        self.decoder_norm = norm_layer(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, n)
+
+        # Current sigma and its target matrix live on the device; not part of checkpoints.
+        self.register_buffer("sigma", torch.tensor(float(sigma)), persistent=False)
+        self.register_buffer("smooth_targets", self._targets(float(sigma)), persistent=False)
+        self._sigma_now = float(sigma)
+        self.init_weights()
+
+    # ----------------------------------------------------------------- setup
+    def init_weights(self) -> None:
+        self.encoder.init_weights_mae()
+        nn.init.normal_(self.mask_pos_token, std=0.02)
+        for m in [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]:
+            m.apply(init_linear_and_norm)
+
+    def _targets(self, sigma: float) -> torch.Tensor:
+        img = self.encoder.patch_embed.img_size[1]
+        return smoothing_matrix(self.encoder.grid_size, sigma, self.smoothing, img_size=img)
+
+    def set_progress(self, epoch: float, total_epochs: int) -> None:
+        """Update sigma for the fractional ``epoch`` (called by the engine before a step)."""
+        sigma = sigma_at(epoch, total_epochs, self.sigma0, self.sigma_decay, self.sigma_per_epoch)
+        if sigma != self._sigma_now:
+            self.smooth_targets.copy_(self._targets(sigma).to(self.smooth_targets.device))
+            self.sigma.fill_(sigma)
+            self._sigma_now = sigma
+
+    def no_weight_decay(self) -> set[str]:
+        return {"encoder." + k for k in self.encoder.no_weight_decay()} | {"mask_pos_token"}
+
+    # ----------------------------------------------------------------- masks
+    def sample_masks(self, batch: int, generator: torch.Generator | None = None, device=None) -> DropPosMasks:
+        """Draw patch and position masks, independent per sample."""
+        n = self.encoder.num_patches
+        ids_keep, _ = random_keep(batch, n, self.num_visible, generator, device)
+        pos_keep_ids, pos_dropped = random_keep(batch, self.num_visible, self.num_pos_kept, generator, device)
+        return DropPosMasks(ids_keep=ids_keep, pos_dropped=pos_dropped)
+
+    # ----------------------------------------------------------------- passes
+    def forward_encoder(self, tokens: torch.Tensor, masks: DropPosMasks) -> torch.Tensor:
+        """Encode the visible tokens with kept or dropped positions: [B, 1 + V, D]."""
+        b = tokens.shape[0]
+        x = gather_tokens(tokens, masks.ids_keep)  # [B, V, D]
+        pe = gather_tokens(self.encoder.pos_embed_patches(), masks.ids_keep)  # [B, V, D]
+        pe = torch.where(masks.pos_dropped.unsqueeze(-1), self.mask_pos_token.to(pe.dtype), pe)
+        x = torch.cat([self.encoder.cls_with_pos(b), x + pe], dim=1)
+        return self.encoder.forward_encoder_tokens(x)
+
+    def forward_head(self, latent: torch.Tensor) -> torch.Tensor:
+        """Position logits for every visible token: [B, 1 + V, D] -> [B, V, N]."""
+        x = self.decoder_embed(latent)
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        x = self.decoder_norm(x)
+        return self.decoder_pred(x)[:, 1:]
+
+    @torch.no_grad()
+    def attentive_weights(self, tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+        """Attentive-reconstruction weights of the visible tokens: [B, V], rows sum to 1.
+
+        A no-grad pass of the current encoder over all N patches with their true
+        positions; softmax(cos(cls, patch) / tau) over N, gathered at the visible
+        patches and renormalised.
+        """
+        b = tokens.shape[0]
+        x = torch.cat([self.encoder.cls_with_pos(b), tokens + self.encoder.pos_embed_patches()], dim=1)
+        x = self.encoder.forward_encoder_tokens(x)
+        sim = F.cosine_similarity(x[:, :1].float(), x[:, 1:].float(), dim=-1)  # [B, N]
+        attn = torch.softmax(sim / self.tau, dim=-1)
+        attn = torch.gather(attn, 1, ids_keep)
+        return attn / attn.sum(-1, keepdim=True)
+
+    def loss(
+        self,
+        logits: torch.Tensor,
+        ids_keep: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted soft-target cross-entropy and weighted position accuracy.
+
+        logits [B, V, N]; ids_keep [B, V] true positions; weights [B, V] (zero for
+        tokens that kept their position). Normalised by the batch's weight sum.
+        """
+        targets = self.smooth_targets[ids_keep]  # [B, V, N]
+        log_prob = F.log_softmax(logits.float(), dim=-1)
+        per_token = -(targets * log_prob).sum(-1)  # [B, V]
+        denom = weights.sum().clamp_min(1e-12)
+        loss = (per_token * weights).sum() / denom
+        with torch.no_grad():
+            correct = (logits.argmax(-1) == ids_keep).float()
+            acc = (correct * weights).sum() / denom
+        return loss, acc
+
+    def forward(
+        self,
+        imgs: torch.Tensor,
+        masks: DropPosMasks | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MethodOutput:
+        """imgs [B, 3, H, W] -> loss, position accuracy and the pieces for analysis."""
+        b = imgs.shape[0]
+        if masks is None:
+            masks = self.sample_masks(b, generator, imgs.device)
+        tokens = self.encoder.embed_patches(imgs)  # [B, N, D]
+        latent = self.forward_encoder(tokens, masks)
+        logits = self.forward_head(latent)  # [B, V, N]
+        weights = masks.pos_dropped.float()
+        if self.attentive:
+            attn = self.attentive_weights(tokens.detach(), masks.ids_keep)
+            weights = weights * attn
+        loss, acc = self.loss(logits, masks.ids_keep, weights)
+        return MethodOutput(
+            loss=loss,
+            metrics={"loss": loss.detach(), "pos_acc": acc, "sigma": self.sigma.detach().clone()},
+            outputs={"logits": logits, "ids_keep": masks.ids_keep, "pos_dropped": masks.pos_dropped, "weights": weights},
+        )

@@ -1,0 +1,14 @@
+# MMEngine runtime: registry scope, environment, logging, metrics JSON.
+default_scope = 'mmseg'
+env_cfg = dict(
+    cudnn_benchmark=True,
+    mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
+    dist_cfg=dict(backend='nccl'))
+vis_backends = [dict(type='LocalVisBackend')]
+visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+log_processor = dict(by_epoch=False)
+log_level = 'INFO'
+load_from = None
+resume = False
+# writes <work_dir>/segmentation_metrics.json after every validation / test
+custom_hooks = [dict(type='SegMetricsJsonHook')]

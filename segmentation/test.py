@@ -1,0 +1,59 @@
+"""Evaluate a trained UperNet checkpoint on ADE20K-format data (mIoU, mAcc, aAcc).
+
+Examples:
+    python segmentation/test.py CONFIG work_dirs/NAME/iter_160000.pth
+    # multi-scale + flip: the -ms configs define tta_model (or pass --tta)
+    torchrun --nproc_per_node 8 segmentation/test.py \
+        segmentation/configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512-ms.py CKPT --launcher pytorch
+
+Writes ``<work_dir>/segmentation_metrics.json`` (split "test").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from mmengine.config import DictAction  # noqa: E402
+
+from segmentation.runner_setup import build_runner, checkpoint_iteration, load_config  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("UperNet segmentation evaluation", add_help=True)
+    p.add_argument("config", help="config file the model was trained with (or its -ms variant)")
+    p.add_argument("checkpoint", help="segmentation checkpoint written by segmentation/train.py")
+    p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
+    p.add_argument("--tta", action="store_true", help="multi-scale + flip test with the config's tta_pipeline")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    cfg.model.backbone.pretrained = None  # all weights come from the segmentation checkpoint
+    cfg.model.pretrained = None
+    if args.tta:
+        cfg.tta_model = cfg.get("tta_model") or dict(type="SegTTAModel")
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    if cfg.get("tta_model"):  # -ms configs: multi-scale + flip
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    # the metrics file records the iteration the checkpoint was saved at
+    hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "SegMetricsJsonHook"]
+    cfg.custom_hooks = hooks + [dict(type="SegMetricsJsonHook", iterations=checkpoint_iteration(args.checkpoint))]
+    runner = build_runner(cfg, train=False)
+    return runner.test()
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
