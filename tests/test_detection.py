@@ -75,7 +75,7 @@ def test_backbone_strides_channels_and_square_pad():
         "p2": (2, 256, 32, 32), "p3": (2, 256, 16, 16), "p4": (2, 256, 8, 8), "p5": (2, 256, 4, 4), "p6": (2, 256, 2, 2)}
     # ViTDet's module names (so Detectron2 ViTDet checkpoints share our keys).
     names = set(backbone.state_dict())
-    assert {"simfp_2.0.weight", "simfp_2.1.norm.weight", "simfp_2.3.weight", "simfp_2.4.norm.weight",
+    assert {"simfp_2.0.weight", "simfp_2.1.weight", "simfp_2.3.weight", "simfp_2.4.norm.weight",
             "simfp_3.0.weight", "simfp_4.0.norm.weight", "simfp_5.1.weight", "net.pos_embed"} <= names
 
 
@@ -235,7 +235,7 @@ def test_layer_decay_follows_vitdet_rule():
     for i in range(12):
         for suffix in ("attn.qkv.weight", "attn.rel_pos_h", "norm1.weight", "mlp.fc2.bias"):
             assert lr[f"backbone.net.blocks.{i}.{suffix}"] == pytest.approx(0.7 ** (12 - i))
-    for key in ("backbone.simfp_2.0.weight", "proposal_generator.rpn_head.conv.0.weight",
+    for key in ("backbone.simfp_2.0.weight", "proposal_generator.rpn_head.conv.conv0.weight",
                 "roi_heads.box_predictor.cls_score.weight", "roi_heads.mask_head.mask_fcn1.norm.weight"):
         assert lr[key] == pytest.approx(1.0)
     # weight decay 0 on nn.LayerNorm parameters and pos_embed; the optimizer's 0.1 elsewhere,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -83,14 +83,14 @@ def _check_types(default: DictConfig, cfg: DictConfig) -> None:
         raise ConfigError(f"config key '{key}' must be {want}, got {got} ({value!r})")
 
 
-def _read_yaml(path: str | os.PathLike) -> DictConfig:
+def _read_yaml(path: str | os.PathLike, search: Path = CONFIG_DIR) -> DictConfig:
     path = Path(path)
     if not path.is_file():
-        alt = CONFIG_DIR / path
+        alt = search / path
         if alt.is_file():
             path = alt
-        elif (CONFIG_DIR / f"{path}.yaml").is_file():
-            path = CONFIG_DIR / f"{path}.yaml"
+        elif (search / f"{path}.yaml").is_file():
+            path = search / f"{path}.yaml"
         else:
             raise ConfigError(f"config file not found: {path}")
     try:
@@ -106,16 +106,23 @@ def load_config(
     recipes: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     overrides: Sequence[str] = (),
     default: str | os.PathLike = DEFAULT_CONFIG,
+    validator: Callable[[DictConfig], None] | None = None,
 ) -> DictConfig:
-    """Merge the default config, recipe files (in order) and ``key=value`` overrides."""
+    """Merge the default config, recipe files (in order) and ``key=value`` overrides.
+
+    ``default`` names the YAML holding every valid key (the pretraining one unless
+    given); ``validator`` runs range checks (the pretraining ``validate`` by default).
+    Recipe paths are looked up as given, then beside ``default``.
+    """
     base = _read_yaml(default)
+    search = Path(default).resolve().parent
     cfg = base
     if recipes is None:
         recipes = []
     elif isinstance(recipes, (str, os.PathLike)):
         recipes = [recipes]
     for recipe in recipes:
-        part = _read_yaml(recipe)
+        part = _read_yaml(recipe, search)
         part = OmegaConf.masked_copy(part, [k for k in part.keys() if k != "_base_"]) if "_base_" in part else part
         _check_keys(base, part, str(recipe))
         cfg = OmegaConf.merge(cfg, part)
@@ -133,7 +140,7 @@ def load_config(
         OmegaConf.resolve(cfg)
     except Exception as exc:
         raise ConfigError(f"cannot resolve config: {exc}") from exc
-    validate(cfg)
+    (validator or (validate if Path(default).resolve() == DEFAULT_CONFIG else (lambda c: None)))(cfg)
     return cfg
 
 
