@@ -104,7 +104,7 @@ def test_window_and_global_blocks(size, depth, global_blocks):
 
 def test_rel_pos_tables_start_at_zero_and_drop_path_increases():
     enc = small_encoder(drop_path_rate=0.3)
-    assert all(float(b.attn.rel_pos_h.abs().sum()) == 0 for b in enc.blocks)
+    assert all(not b.attn.rel_pos_h.any() and not b.attn.rel_pos_w.any() for b in enc.blocks)
     rates = [getattr(b.drop_path1, "drop_prob", 0.0) for b in enc.blocks]
     assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.3) and rates == sorted(rates)
 
@@ -196,7 +196,7 @@ def test_reference_checkpoint_fills_every_vit_weight(tmp_path):
     new = report["new"]
     assert all(".rel_pos_" in k or not k.startswith("backbone.net.") for k in new)
     assert sum(".rel_pos_" in k for k in new) == 24
-    assert {k.split(".")[0] for k in new} == {"backbone", "proposal_generator", "roi_heads", "pixel_mean", "pixel_std"}
+    assert {k.split(".")[0] for k in new} == {"backbone", "proposal_generator", "roi_heads"}
     assert all(torch.equal(after[k], before[k]) for k in new)  # heads untouched
 
 
@@ -292,7 +292,7 @@ def test_vitdet_b_config_numbers_and_instantiation():
     assert dict(opt.params.overrides) == {"pos_embed": {"weight_decay": 0.0}}
     assert cfg.train.max_iter == 184375 and cfg.train.amp.enabled
     sched = cfg.lr_multiplier
-    assert list(sched.scheduler.milestones) == [163889, 177546] and list(sched.scheduler.values) == [1.0, 0.1, 0.01]
+    assert list(sched.scheduler.milestones) == [163889, 177546] and list(sched.scheduler["values"]) == [1.0, 0.1, 0.01]
     assert sched.warmup_length * cfg.train.max_iter == pytest.approx(250) and sched.warmup_factor == 0.001
     mult = instantiate(sched)
     assert mult(0.0) == pytest.approx(0.001)
