@@ -92,6 +92,24 @@ def resolve_device(cfg: Any) -> None:
         cfg.dataloader.evaluator.use_fast_impl = False  # the fast evaluator is compiled code
 
 
+def plain_hyperparameters(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """Replace OmegaConf containers (e.g. ``betas``) in the optimizer's settings by tuples.
+
+    Instantiated LazyConfig values keep their OmegaConf types; pickled into a checkpoint they
+    would make it unreadable by weights-only loading (and so break ``--resume``).
+    """
+    def plain(value: Any) -> Any:
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_object(value)
+        return tuple(value) if isinstance(value, list) else value
+
+    for group in [optimizer.defaults, *optimizer.param_groups]:
+        for key, value in list(group.items()):
+            if key != "params":
+                group[key] = plain(value)
+    return optimizer
+
+
 # --------------------------------------------------------------- test / train
 def do_test(cfg: Any, model: torch.nn.Module) -> dict[str, Any]:
     """COCO evaluation of ``model`` on ``cfg.dataloader.test``; {"bbox": {...}, "segm": {...}}."""
@@ -113,7 +131,7 @@ def do_train(args: Any, cfg: Any) -> tuple[torch.nn.Module, dict[str, Any], dict
     model.to(cfg.train.device)
 
     cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
+    optim = plain_hyperparameters(instantiate(cfg.optimizer))
     train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)

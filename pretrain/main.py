@@ -17,7 +17,9 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,10 +31,12 @@ from .engine.checkpointing import CheckpointManager, load_resume_file
 from .engine.config import ConfigError, load_config, save_config
 from .engine.guard import NonFiniteLossError
 from .engine.logger import RunLogger
+from .engine.mask_noise import MaskNoiseDataset, keep_from_noise
 from .engine.optim import build_adamw, pretrain_param_groups
 from .engine.sampler import ResumableSampler, SeededDataset
 from .engine.trainer import LoopConfig, Trainer, resolve_precision
-from .models import DropPos, MAE, create_vit
+from .data.imagefolder import BadImageError
+from .models import DropPos, DropPosMasks, MAE, create_vit
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,6 +49,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def build_method(cfg: DictConfig) -> torch.nn.Module:
     """The pretraining model named by ``cfg.method`` around a fresh ViT."""
+    if cfg.method == "adpe":
+        from .models.adpe import build_adpe  # AdPE lives in its own module
+
+        return build_adpe(None, cfg)  # builds its ViT (relative-position blocks for adpe.pos=rel)
     encoder = create_vit(
         cfg.model.size,
         img_size=cfg.model.img_size,
@@ -77,10 +85,6 @@ def build_method(cfg: DictConfig) -> torch.nn.Module:
             decoder_heads=m.decoder_heads,
             norm_pix_loss=m.norm_pix_loss,
         )
-    if cfg.method == "adpe":
-        from .models.adpe import build_adpe  # AdPE lives in its own module
-
-        return build_adpe(encoder, cfg)
     raise ConfigError(f"unknown method {cfg.method!r}")
 
 
@@ -96,9 +100,9 @@ def build_dataset(cfg: DictConfig):
         if du.is_main_process():
             make_builtin_dataset(root.parent, formats=("imagefolder",))
         du.barrier()
-    if cfg.method == "adpe" and int(OmegaConf.select(cfg, "adpe.num_crops", default=1) or 1) > 1:
+    if cfg.method == "adpe":  # MAE+: adpe.num_crops random crops of model.img_size px per image, [n, 3, s, s]
         a = cfg.adpe
-        transform = build_multicrop_transform(num_crops=a.num_crops, size=cfg.model.img_size, scale=tuple(a.crop_scale))
+        transform = build_multicrop_transform(num_crops=int(a.num_crops), crop_size=cfg.model.img_size, scale=tuple(a.crop_scale))
     else:
         transform = build_pretrain_transform(cfg.model.img_size, scale=tuple(cfg.data.scale))
     ds = ImageFolderDataset(root, split=cfg.data.split, transform=transform, skip_bad=cfg.data.skip_bad)
@@ -113,13 +117,49 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_step_fn(device: torch.device, generator: torch.Generator):
-    """One batch -> MethodOutput; images move to the device without blocking."""
+def mask_noise_lengths(model: torch.nn.Module) -> tuple[int, ...] | None:
+    """Per-image noise vectors that define the model's masks (``engine.mask_noise``).
+
+    DropPos and MAE get masks that are a function of (seed, epoch, sample index), so
+    results do not depend on the world size, worker count or restarts. None: the
+    model draws its masks from the per-rank generator.
+    """
+    if isinstance(model, DropPos):
+        return (model.encoder.num_patches, model.num_visible)
+    if isinstance(model, MAE):
+        return (model.encoder.num_patches,)
+    return None
+
+
+def masks_from_noise(model: torch.nn.Module, noise: list[torch.Tensor]) -> dict[str, Any]:
+    """Forward keyword arguments with the masks that per-sample ``noise`` ([B, L] each) selects."""
+    if isinstance(model, DropPos):
+        ids_keep, _ = keep_from_noise(noise[0], model.num_visible)
+        _, pos_dropped = keep_from_noise(noise[1], model.num_pos_kept)
+        return {"masks": DropPosMasks(ids_keep=ids_keep, pos_dropped=pos_dropped)}
+    if isinstance(model, MAE):
+        return {"ids_keep": keep_from_noise(noise[0], model.num_visible)[0]}
+    raise TypeError(f"{type(model).__name__} takes no per-sample mask noise")
+
+
+def make_step_fn(
+    device: torch.device,
+    generator: torch.Generator,
+    noise_to_kwargs: Callable[[list[torch.Tensor]], dict[str, Any]] | None = None,
+):
+    """One batch -> MethodOutput; images move to the device without blocking.
+
+    A batch ``(imgs, targets, *noise)`` from :class:`MaskNoiseDataset` is masked by
+    ``noise_to_kwargs(noise)``; otherwise the model draws masks from ``generator``.
+    """
 
     def step(model, batch):
         imgs = batch[0].to(device, non_blocking=True)
         if imgs.dim() == 5:  # multi-crop [B, n, C, H, W] -> [B*n, C, H, W]
             imgs = imgs.flatten(0, 1)
+        if noise_to_kwargs is not None and len(batch) > 2:
+            noise = [n.to(device, non_blocking=True).flatten(0, 1) for n in batch[2:]]  # [B, copies, L] -> [B*copies, L]
+            return model(imgs, **noise_to_kwargs(noise))
         return model(imgs, generator=generator)
 
     return step
@@ -134,15 +174,25 @@ def run(cfg: DictConfig) -> dict:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     out_dir = Path(cfg.train.output_dir)
-    if du.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    seed = int(cfg.train.seed)
 
+    # data and model first: a bad dataset fails before the output folder exists
     dataset = build_dataset(cfg)
-    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=int(cfg.train.seed), drop_last=True)
+    base_dataset = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
+    model = build_method(cfg).to(device)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    if len(sampler) // int(cfg.train.batch_size) < int(cfg.train.accum_iter):
+        raise ConfigError(
+            f"{len(dataset)} images give {len(sampler) // int(cfg.train.batch_size)} batches of train.batch_size="
+            f"{cfg.train.batch_size} per process (world size {world}), fewer than train.accum_iter={cfg.train.accum_iter}"
+        )
+    keyed = SeededDataset(dataset, seed=seed)
+    noise_lengths = mask_noise_lengths(model)
+    if noise_lengths is not None:  # masks from (seed, epoch, index): independent of world size and restarts
+        keyed = MaskNoiseDataset(keyed, seed, noise_lengths)
     workers = int(cfg.data.num_workers)
     loader = torch.utils.data.DataLoader(
-        SeededDataset(dataset, seed=int(cfg.train.seed)),
+        keyed,
         batch_size=int(cfg.train.batch_size),
         sampler=sampler,
         num_workers=workers,
@@ -150,9 +200,12 @@ def run(cfg: DictConfig) -> dict:
         drop_last=True,
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),  # worker seeds: keep the global RNG for the model
     )
+    if du.is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
 
-    model = build_method(cfg).to(device)
     total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
     lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
     groups = model.param_groups(float(cfg.optim.weight_decay), lr, cfg) if hasattr(model, "param_groups") else pretrain_param_groups(model, float(cfg.optim.weight_decay))
@@ -164,7 +217,7 @@ def run(cfg: DictConfig) -> dict:
               f"images={len(dataset)} world={world} total_batch={total_batch} lr={lr:.3g} precision={precision} device={device}", flush=True)
 
     generator = torch.Generator(device=device)
-    generator.manual_seed(int(cfg.train.seed) * 1000 + rank)
+    generator.manual_seed(seed * 1000 + rank)
     manager = CheckpointManager(out_dir, keep=int(cfg.train.keep_checkpoints))
     ddp_model = model
     if world > 1:
@@ -189,30 +242,44 @@ def run(cfg: DictConfig) -> dict:
         optimizer,
         loader,
         sampler,
-        make_step_fn(device, generator),
+        make_step_fn(device, generator, (lambda noise: masks_from_noise(model, noise)) if noise_lengths else None),
         loop,
         device,
         precision,
         manager,
         logger,
-        extra_state=lambda: {"config": OmegaConf.to_container(cfg, resolve=True), "method": cfg.method, "generator": generator.get_state()},
+        extra_state=lambda: {"config": OmegaConf.to_container(cfg, resolve=True), "method": cfg.method},
         scaler=scaler,
         after_step=getattr(model, "after_optimizer_step", None),
+        generators={"mask": generator},
+        rank_extra=lambda: {"bad_image_skips": int(getattr(base_dataset, "num_skipped", 0)) + (skips_before if rank == 0 else 0)},
     )
 
-    resumed_from = None
+    resumed_from, skips_before, log_records = None, 0, None
+    if du.is_main_process():
+        manager.remove_stale_temp_files()  # left by a run killed while writing
     if cfg.train.resume not in (None, "none", ""):
         if cfg.train.resume == "auto":
-            ckpt, resumed_from = manager.load_latest()
+            ckpt, resumed_from = manager.load_latest(quarantine=du.is_main_process())
         else:
             ckpt, resumed_from = load_resume_file(cfg.train.resume), Path(cfg.train.resume)
         if ckpt is not None:
             trainer.load_state_dict(ckpt)
-            if "generator" in ckpt:
-                generator.set_state(ckpt["generator"].cpu() if hasattr(ckpt["generator"], "cpu") else ckpt["generator"])
+            skips_before = sum(int(r.get("bad_image_skips", 0)) for r in trainer.loaded_rank_extra)
+            if Path(resumed_from).resolve().parent == out_dir.resolve():  # its count is about this log
+                log_records = ckpt.get("log_records")
+            del ckpt
             if du.is_main_process():
                 print(f"[pretrain] resumed from {resumed_from} at epoch {trainer.state.epoch} "
                       f"(iteration {trainer.state.iter_in_epoch}, step {trainer.state.global_step})", flush=True)
+    if du.is_main_process():
+        # steps after the restart point are trained again: forget what a killed run wrote about them
+        manager.discard_newer(trainer.state.global_step)
+        dropped = logger.truncate(trainer.state.global_step, log_records)
+        if dropped:
+            print(f"[pretrain] log.jsonl: dropped {dropped} records after step {trainer.state.global_step} "
+                  "(written after the last checkpoint; they are trained again)", flush=True)
+    du.barrier()
 
     t0 = time.time()
     try:
@@ -224,6 +291,8 @@ def run(cfg: DictConfig) -> dict:
     finally:
         logger.close()
     wall = time.time() - t0
+    skips = int(getattr(base_dataset, "num_skipped", 0)) + (skips_before if rank == 0 else 0)
+    skips = int(round(float(du.all_reduce_mean(torch.tensor(float(skips), device=device))) * world))
 
     metrics = {}
     if du.is_main_process():
@@ -248,16 +317,48 @@ def run(cfg: DictConfig) -> dict:
                      "cpu_minutes": wall / 60 if device.type == "cpu" else 0.0},
             "resumed_from": str(resumed_from) if resumed_from else None,
             "backbone": str(out_dir / "backbone.pth"),
+            "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), "bad_image_skips": skips},
         }
-        tmp = out_dir / "pretrain_metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, out_dir / "pretrain_metrics.json")
+        _write_json_atomic(metrics, out_dir / "pretrain_metrics.json")
+        if cfg.data.skip_bad or skips:
+            seen = sorted(getattr(base_dataset, "bad_files", ()))
+            names = f": {', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}" if seen else ""
+            print(f"[pretrain] skipped {skips} reads of unreadable images (data.skip_bad=true){names}", flush=True)
         print(f"[pretrain] done: {json.dumps({k: v for k, v in last.items()})}", flush=True)
     du.barrier()
     return metrics
 
 
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def explain_failure(exc: BaseException) -> str | None:
+    """A one-paragraph message for a known kind of failure, or None (then the traceback is shown)."""
+    if isinstance(exc, BadImageError):
+        return f"{exc} (set data.skip_bad=true to skip unreadable images)"
+    if isinstance(exc, (CheckpointError, NonFiniteLossError, OSError)):
+        return str(exc)
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and "BadImageError" in text:  # re-raised from a DataLoader worker
+        lines = [ln for ln in text.splitlines() if "BadImageError: " in ln]
+        if lines:
+            return f"{lines[-1].split('BadImageError: ', 1)[1]} (in a DataLoader worker; set data.skip_bad=true to skip unreadable images)"
+    if isinstance(exc, RuntimeError) and du.get_world_size() > 1:
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return (f"distributed training failed on rank {du.get_rank()} of {du.get_world_size()}: {first} "
+                "(another process probably stopped or timed out; see its output)")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """CLI: exit 0 on success, 2 on a configuration error, 1 on a reported failure."""
     args = get_args_parser().parse_args(argv)
     try:
         cfg = load_config(args.config or None, args.opts)
@@ -269,8 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run(cfg)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # found once the data is known (e.g. too few batches)
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - known failures get a clear message, others the traceback
+        message = explain_failure(exc)
+        if message is None:
+            raise
+        if du.get_world_size() > 1 and not isinstance(exc, (NonFiniteLossError, BadImageError)):
+            traceback.print_exc()
+        print(f"error: {message}", file=sys.stderr)
         return 1
     finally:
         du.cleanup()

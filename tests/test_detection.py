@@ -344,7 +344,9 @@ def run_train_net(*argv: str) -> dict:
     return main(default_argument_parser().parse_args(list(argv)))
 
 
-def test_train_three_iterations_then_evaluate(tiny_coco, tmp_path):
+def test_train_resume_then_evaluate(tiny_coco, tmp_path):
+    """2 iterations, resume to 3 (optimizer + iteration restored from a weights-only load),
+    then --eval-only on the final checkpoint: every run writes box and mask AP."""
     out = tmp_path / "run"
     tiny = [
         f"dataloader.train.dataset.names.root={tiny_coco}",
@@ -354,11 +356,14 @@ def test_train_three_iterations_then_evaluate(tiny_coco, tmp_path):
         "dataloader.train.total_batch_size=2",
         "model.backbone.net.depth=3", "model.backbone.net.window_block_indexes=[0,1]",
         "model.backbone.net.img_size=64", "model.backbone.square_pad=64", "optimizer.params.num_layers=3",
-        "train.checkpointer.period=3", "train.log_period=1",
+        "train.log_period=1", f"train.output_dir={out}",
     ]
     config = str(CONFIGS / "mask_rcnn_vitdet_tiny_builtin.py")
-    record = run_train_net("--config-file", config, *tiny, "train.max_iter=3", "train.eval_period=3",
-                           f"train.output_dir={out}")
+    first = run_train_net("--config-file", config, *tiny, "train.max_iter=2")
+    assert first["iterations"] == 2
+    record = run_train_net("--config-file", config, "--resume", *tiny, "train.max_iter=3")
+    log = (out / "log.txt").read_text()
+    assert "Starting training from iteration 2" in log
     saved = json.loads((out / "detection_metrics.json").read_text())
     assert saved["task"] == "coco_detection" and saved["iterations"] == 3
     for task in ("bbox", "segm"):
@@ -367,8 +372,9 @@ def test_train_three_iterations_then_evaluate(tiny_coco, tmp_path):
         assert task in saved["results"]
     assert (out / "config.yaml").is_file() and (out / "model_final.pth").is_file()
     assert (out / "metrics.json").is_file()  # Detectron2's own progress log
-    # Evaluate the saved Detectron2 checkpoint (weights-only loading) and get the same AP.
-    again = run_train_net("--config-file", config, "--eval-only", *tiny, f"train.output_dir={tmp_path / 'eval'}",
+    ckpt = torch.load(out / "model_final.pth", weights_only=True)  # plain tensors and numbers only
+    assert ckpt["iteration"] == 2 and isinstance(ckpt["trainer"]["optimizer"]["param_groups"][0]["betas"], tuple)
+    again = run_train_net("--config-file", config, "--eval-only", *tiny[:-1], f"train.output_dir={tmp_path / 'eval'}",
                           f"train.init_checkpoint={out / 'model_final.pth'}")
     assert again["iterations"] == 3
     for key in ("bbox_AP", "segm_AP"):

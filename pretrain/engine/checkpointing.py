@@ -15,6 +15,7 @@ from ..checkpoints import CheckpointError, atomic_torch_save, load_checkpoint_fi
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
+_TMP = re.compile(r"^\..+\.tmp\d+$")  # atomic_torch_save's temporary files
 
 
 def rng_state() -> dict[str, Any]:
@@ -49,7 +50,9 @@ class CheckpointManager:
 
     Writes are atomic (temp file + fsync + rename), so a crash mid-write leaves the
     previous checkpoints intact. ``load_latest`` skips unreadable files with a
-    message naming them and returns the newest good one.
+    message naming them and returns the newest good one; skipped files can be moved
+    aside (``<name>.corrupt``) so they never count as the newest again. Pruning only
+    removes files older than the one just written, never the new one.
     """
 
     def __init__(self, directory: str | os.PathLike, keep: int = 2) -> None:
@@ -58,6 +61,11 @@ class CheckpointManager:
 
     def path_for(self, step: int) -> Path:
         return self.directory / f"checkpoint-{step:08d}.pth"
+
+    @staticmethod
+    def step_of(path: Path) -> int:
+        m = _NAME.match(path.name)
+        return int(m.group(1)) if m else -1
 
     def list(self) -> list[Path]:
         """Checkpoints newest first."""
@@ -69,21 +77,58 @@ class CheckpointManager:
     def save(self, state: dict[str, Any], step: int) -> Path:
         path = self.path_for(step)
         atomic_torch_save(state, path)
-        for old in self.list()[self.keep:]:
+        older = [p for p in self.list() if self.step_of(p) < step]
+        for old in older[self.keep - 1:]:
             try:
                 old.unlink()
             except OSError:
                 pass
         return path
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any] | None, Path | None]:
+    def load_latest(
+        self, map_location: str | torch.device = "cpu", quarantine: bool = False
+    ) -> tuple[dict[str, Any] | None, Path | None]:
+        """The newest readable checkpoint and its path, or (None, None).
+
+        ``quarantine``: rename unreadable ones to ``<name>.corrupt`` (main process only).
+        """
         for path in self.list():
             try:
                 return load_resume_file(path, map_location), path
             except CheckpointError as exc:
                 log.error("skipping unusable checkpoint %s: %s", path, exc)
                 print(f"[resume] skipping unusable checkpoint {path}: {exc}", flush=True)
+                if quarantine:
+                    self._move_aside(path, ".corrupt")
         return None, None
+
+    def discard_newer(self, step: int) -> list[Path]:
+        """Rename checkpoints past ``step`` to ``<name>.discarded`` (a run restarted from an
+        earlier point would otherwise resume from, or prune against, another timeline)."""
+        moved = [self._move_aside(p, ".discarded") for p in self.list() if self.step_of(p) > step]
+        return [p for p in moved if p is not None]
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete temporary files a killed writer left behind (``.<name>.tmp<pid>``)."""
+        removed = []
+        if self.directory.is_dir():
+            for p in self.directory.iterdir():
+                if _TMP.match(p.name):
+                    try:
+                        p.unlink()
+                        removed.append(p)
+                    except OSError:
+                        pass
+        return removed
+
+    def _move_aside(self, path: Path, suffix: str) -> Path | None:
+        target = path.with_name(path.name + suffix)
+        try:
+            os.replace(path, target)
+        except OSError:
+            return None
+        print(f"[resume] moved {path.name} aside to {target.name}", flush=True)
+        return target
 
 
 def load_resume_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

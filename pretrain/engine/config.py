@@ -162,6 +162,15 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
     for key in ("droppos.mask_ratio", "droppos.pos_drop_ratio", "mae.mask_ratio"):
         _ratio(cfg, key)
+    patches = (img // patch) ** 2
+    key = {"droppos": "droppos.mask_ratio", "mae": "mae.mask_ratio"}.get(cfg.method)
+    if key is not None:  # a ratio inside (0, 1) can still leave no patch visible on a small grid
+        ratio = float(OmegaConf.select(cfg, key))
+        if int(patches * (1.0 - ratio)) < 1:
+            raise ConfigError(
+                f"config key '{key}'={ratio} leaves no visible patch of the {patches} "
+                f"({img // patch} x {img // patch}) at model.img_size={img}, model.patch_size={patch}"
+            )
     if "adpe" in cfg:
         _ratio(cfg, "adpe.mask_ratio")
     for key in ("train.epochs", "train.batch_size", "train.accum_iter"):

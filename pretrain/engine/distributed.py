@@ -8,10 +8,33 @@ import torch
 import torch.distributed as dist
 
 
+TIMEOUT_ENV = "PRETRAIN_DIST_TIMEOUT"  # seconds a collective (or the start-up rendezvous) may wait
+
+
+def dist_timeout(default_minutes: float = 30.0) -> datetime.timedelta:
+    """How long a rank waits for the others: ``$PRETRAIN_DIST_TIMEOUT`` seconds, else the default.
+
+    The default (30 min) leaves room for rank 0 writing a large checkpoint while the
+    others wait at a barrier; set the variable lower to fail fast when a peer hangs.
+    """
+    value = os.environ.get(TIMEOUT_ENV)
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds, got {value!r}") from None
+        if seconds <= 0:
+            raise ValueError(f"{TIMEOUT_ENV} must be positive, got {value!r}")
+        return datetime.timedelta(seconds=seconds)
+    return datetime.timedelta(minutes=default_minutes)
+
+
 def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> tuple[int, int, int]:
     """Join the process group when torchrun set WORLD_SIZE > 1; return (rank, world, local_rank).
 
-    The backend is nccl on GPU and gloo on CPU unless given.
+    The backend is nccl on GPU and gloo on CPU unless given. Collectives and the
+    start-up rendezvous time out after :func:`dist_timeout`; a rendezvous that fails
+    raises a RuntimeError naming the rank, the world size and the master address.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -21,7 +44,15 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> tu
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+        timeout = dist_timeout(timeout_minutes)
+        try:
+            dist.init_process_group(backend=backend, timeout=timeout)
+        except Exception as exc:
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            raise RuntimeError(
+                f"rank {rank} of {world} could not join the process group at {where} within "
+                f"{timeout.total_seconds():.0f} s ({type(exc).__name__}: {exc})"
+            ) from exc
     return rank, world, local_rank
 
 
@@ -44,6 +75,15 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t / get_world_size()
+
+
+def all_gather_object(obj: object) -> list:
+    """``obj`` from every rank, in rank order (``[obj]`` when not distributed)."""
+    if get_world_size() == 1:
+        return [obj]
+    out: list = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier() -> None:

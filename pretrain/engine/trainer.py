@@ -19,6 +19,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import distributed as du
+from ..checkpoints import CheckpointError
 from .checkpointing import CheckpointManager, rng_state, set_rng_state
 from .guard import NonFiniteGuard
 from .logger import MeanMeter, RunLogger
@@ -75,7 +76,11 @@ class Trainer:
         loader: yields batches; ``sampler`` must be a ResumableSampler.
         step_fn: computes the MethodOutput for one batch.
         cfg: loop settings.
-        checkpoints: where to save; ``extra_state`` adds items (config, generators).
+        checkpoints: where to save; ``extra_state`` adds items (config, method).
+        generators: per-process random generators (e.g. a mask generator) saved and
+            restored per rank, like the global RNGs.
+        rank_extra: per-process values (counters) saved per rank; after a resume the
+            saved ranks' values are in ``loaded_rank_extra``.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class Trainer:
         extra_state: Callable[[], dict[str, Any]] | None = None,
         scaler: torch.amp.GradScaler | None = None,
         after_step: Callable[[], None] | None = None,
+        generators: dict[str, torch.Generator] | None = None,
+        rank_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -116,6 +123,14 @@ class Trainer:
                 "use a smaller batch size or more data"
             )
         self.last_checkpoint = None
+        self.generators = dict(generators or {})
+        self.rank_extra = rank_extra or (lambda: {})
+        self.loaded_rank_extra: list[dict[str, Any]] = []
+        # running averages of the current log interval and epoch, and the current lr:
+        # saved with mid-epoch checkpoints so a resumed epoch reports the same averages
+        self._meters = (MeanMeter(), MeanMeter())
+        self._lr = 0.0
+        self._resume_meters: dict[str, Any] | None = None
 
     def _batch_size(self) -> int:
         return getattr(self.loader, "batch_size", 1) or 1
@@ -134,7 +149,18 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "train_state": asdict(self.state),
             "rng": rng_state(),
+            "log_records": getattr(self.logger, "records", None),  # log.jsonl lines up to this point
             **self.extra_state(),
+        }
+
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between processes: RNGs, generators, running averages, counters."""
+        log_meter, epoch_meter = self._meters
+        return {
+            "rng": rng_state(),
+            "generators": {k: g.get_state() for k, g in self.generators.items()},
+            "meters": {"log": log_meter.state_dict(), "epoch": epoch_meter.state_dict(), "lr": self._lr},
+            "extra": self.rank_extra(),
         }
 
     def load_state_dict(self, ckpt: dict[str, Any]) -> None:
@@ -143,13 +169,42 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(**ckpt["train_state"])
-        set_rng_state(ckpt.get("rng", {}))
+        ranks = ckpt.get("rank_states") or []
+        if not ranks:  # a checkpoint without per-rank state
+            set_rng_state(ckpt.get("rng", {}))
+            return
+        rank, world = du.get_rank(), du.get_world_size()
+        same_world = len(ranks) == world
+        mine = ranks[rank] if same_world else ranks[min(rank, len(ranks) - 1)]
+        set_rng_state(mine["rng"])
+        for name, g in self.generators.items():
+            if name in mine.get("generators", {}):
+                g.set_state(mine["generators"][name].cpu())
+        self.loaded_rank_extra = [r.get("extra", {}) for r in ranks]
+        if same_world:
+            self._resume_meters = mine["meters"]
+        else:  # every rank continues from the saved ranks' mean (the logged averages are means over ranks)
+            self._resume_meters = {k: _mean_meter_state([r["meters"][k] for r in ranks]) for k in ("log", "epoch")}
+            self._resume_meters["lr"] = mine["meters"]["lr"]
 
     def save(self) -> None:
+        """Write a checkpoint (main process); collective under DDP, and every rank raises if the write failed."""
         self.guard.check()  # never write a checkpoint from a poisoned model
+        ranks = du.all_gather_object(self.rank_state())
+        error: BaseException | None = None
         if self.checkpoints is not None and du.is_main_process():
-            self.last_checkpoint = self.checkpoints.save(self.state_dict(), self.state.global_step)
-        du.barrier()
+            try:
+                state = self.state_dict()
+                state["rank_states"] = ranks
+                self.last_checkpoint = self.checkpoints.save(state, self.state.global_step)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                error = exc
+        if du.get_world_size() > 1:
+            failures = [m for m in du.all_gather_object(None if error is None else str(error)) if m]
+            if failures and error is None:
+                raise CheckpointError(f"checkpoint write failed on the main process: {failures[0]}")
+        if error is not None:
+            raise error
 
     # -------------------------------------------------------------- the loop
     def fit(self) -> TrainState:
@@ -174,6 +229,13 @@ class Trainer:
         self.sampler.set_epoch(st.epoch)
         self.sampler.set_start(st.iter_in_epoch * self._batch_size())
         meter, epoch_meter = MeanMeter(), MeanMeter()
+        lr = 0.0
+        if self._resume_meters is not None and st.iter_in_epoch > 0:  # resumed mid-epoch
+            meter.load_state_dict(self._resume_meters["log"], self.device)
+            epoch_meter.load_state_dict(self._resume_meters["epoch"], self.device)
+            lr = float(self._resume_meters.get("lr", 0.0))
+        self._resume_meters = None
+        self._meters, self._lr = (meter, epoch_meter), lr
         accum = cfg.accum_iter
         bar = tqdm(
             total=self.iters_per_epoch,
@@ -183,7 +245,7 @@ class Trainer:
             dynamic_ncols=True,
             leave=False,
         )
-        t0, seen, lr = time.perf_counter(), 0, 0.0
+        t0, seen = time.perf_counter(), 0
         self.optimizer.zero_grad(set_to_none=True)
         for batch in self.loader:
             i = st.iter_in_epoch
@@ -192,32 +254,13 @@ class Trainer:
             epoch_f = st.epoch + i / self.iters_per_epoch
             if i % accum == 0:
                 lr = set_learning_rate(self.optimizer, epoch_f, cfg.lr, cfg.warmup_epochs, cfg.epochs, cfg.min_lr)
+                self._lr = lr
                 set_progress = getattr(self.unwrapped, "set_progress", None)
                 if set_progress is not None:
                     set_progress(epoch_f, cfg.epochs)
             boundary = (i + 1) % accum == 0
-            sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
-                with autocast_context(self.device, self.precision):
-                    out = self.step_fn(model, batch)
-                loss = out.loss / accum
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                else:
-                    loss.backward()
-            self.guard.update(out.loss, out.metrics, st.global_step)
+            out, grad_norm = self.train_step(batch, boundary)
             if boundary:
-                if self.scaler is not None:
-                    self.scaler.unscale_(self.optimizer)
-                grad_norm = clip_gradients(self.unwrapped.parameters(), cfg.clip_grad, cfg.clip_mode)
-                if self.scaler is not None:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.after_step is not None:
-                    self.after_step()
                 st.global_step += 1
                 metrics = dict(out.metrics)
                 if grad_norm is not None:
@@ -245,6 +288,40 @@ class Trainer:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in stats.items() if isinstance(v, float))
             print(f"[epoch {st.epoch + 1}/{cfg.epochs}] {shown}", flush=True)
 
+    def train_step(self, batch: Any, boundary: bool = True) -> tuple[Any, torch.Tensor | None]:
+        """One micro-batch: autocast forward, backward (DDP gradient sync only at ``boundary``)
+        and, at an accumulation boundary, unscale, clip, optimizer step and zero_grad.
+
+        The same code drives training and ``tools.benchmark``; it never reads a tensor back
+        to the host. Returns the method's output and the pre-clip gradient norm (None
+        between boundaries or without clipping).
+        """
+        model, cfg = self.model, self.cfg
+        sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast_context(self.device, self.precision):
+                out = self.step_fn(model, batch)
+            loss = out.loss / cfg.accum_iter
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        self.guard.update(out.loss, out.metrics, self.state.global_step + 1)  # the step number log.jsonl uses
+        grad_norm = None
+        if boundary:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            grad_norm = clip_gradients(self.unwrapped.parameters(), cfg.clip_grad, cfg.clip_mode)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.after_step is not None:
+                self.after_step()
+        return out, grad_norm
+
     def _log(self, meter: MeanMeter, lr: float, seen: int, t0: float, bar) -> None:
         self.guard.check()
         values = meter.means(du.all_reduce_mean)
@@ -252,3 +329,10 @@ class Trainer:
         values["images_per_s"] = seen * du.get_world_size() / max(time.perf_counter() - t0, 1e-9)
         self.logger.log(self.state.global_step, values)
         bar.set_postfix({k: f"{v:.4g}" for k, v in values.items() if k in ("loss", "pos_acc", "lr")})
+
+
+def _mean_meter_state(states: list[dict[str, Any]]) -> dict[str, Any]:
+    """Average of several ranks' meter states (same count, possibly different sums)."""
+    keys = set().union(*(st["sums"] for st in states))
+    sums = {k: torch.stack([torch.as_tensor(st["sums"][k]) for st in states if k in st["sums"]]).mean(0) for k in keys}
+    return {"sums": sums, "count": max(int(st["count"]) for st in states)}

@@ -135,7 +135,7 @@ class MAE(nn.Module):
         if ids_keep is None:
             ids_keep, mask = random_keep(b, n, self.num_visible, generator, imgs.device)
         else:
-            mask = torch.ones(b, n, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, False)
+            mask = torch.ones(b, n, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, 0)
         tokens = self.encoder.embed_patches(imgs) + self.encoder.pos_embed_patches()
         x = gather_tokens(tokens, ids_keep)
         x = torch.cat([self.encoder.cls_with_pos(b), x], dim=1)

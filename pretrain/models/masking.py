@@ -43,7 +43,7 @@ def random_keep(
     ids_shuffle = random_shuffle(batch, length, generator, device)
     ids_keep = ids_shuffle[:, :keep]
     mask = torch.ones(batch, length, dtype=torch.bool, device=ids_shuffle.device)
-    mask.scatter_(1, ids_keep, False)
+    mask.scatter_(1, ids_keep, 0)  # int 0 (= False): traceable by fvcore
     return ids_keep, mask
 
 

@@ -148,13 +148,20 @@ def init_linear_and_norm(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def create_vit(size: str = "base", **kwargs: Any) -> VisionTransformer:
+def create_vit(size: str = "base", rel_pos: bool = False, **kwargs: Any) -> VisionTransformer:
     """Build a ViT by size name ('tiny', 'small', 'base', 'large', 'huge').
 
     Keyword arguments override the size's defaults (e.g. ``patch_size``, ``img_size``).
+    ``rel_pos=True`` gives every block contextual relative position on keys
+    (``pretrain.models.relpos``, AdPE's MAE+ "rel" encoders): the same keys plus
+    ``blocks.{i}.attn.rpe_k.lookup_table_weight``; the sin-cos table stays.
     """
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}")
     args = dict(VIT_SIZES[size])
+    if rel_pos:
+        from .relpos import RelPosAttention, RelPosBlock
+
+        args.update(block_fn=RelPosBlock, attn_layer=RelPosAttention)
     args.update(kwargs)
     return VisionTransformer(**args)

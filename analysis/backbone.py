@@ -1,0 +1,197 @@
+"""Any supported checkpoint -> a frozen suite ViT plus the method's position replacement.
+
+The analyses (position probe, pictures) take whatever ``pretrain.checkpoints``
+reads: this suite's pretraining checkpoints and exported ``backbone.pth``, the
+reference DropPos / MAE / AdPE checkpoints, timm ViT weights (supervised, MoCo
+v3 ...). The architecture is read off the weights (width, depth, patch size and
+grid from the tensor shapes; heads from the standard sizes), so no config is
+needed.
+
+"Dropping" a position embedding means replacing it by what the checkpoint's
+method feeds for a token without position:
+
+- DropPos: its learned ``mask_pos_token`` (from the file, or, for an exported
+  ``backbone.pth`` that lacks it, from the newest ``checkpoint-*.pth`` beside it);
+- everything else (MAE, AdPE, timm): zero, i.e. the patch enters with no
+  position at all. AdPE's ``adv_token`` / ``mask_token`` stand in for a masked
+  patch's *content* (they are added to the true position), not for a missing
+  position, so they are only used when asked for explicitly.
+"""
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pretrain.checkpoints import (
+    ENCODER_PREFIX,
+    CheckpointError,
+    detect_format,
+    encoder_state_dict,
+    load_checkpoint_file,
+    model_state,
+)
+from pretrain.models.vit import VIT_SIZES, VisionTransformer
+
+REPLACEMENTS = ("auto", "zero", "mask_pos_token", "adv_token", "mask_token")
+_HEADS_BY_WIDTH = {args["embed_dim"]: args["num_heads"] for args in VIT_SIZES.values()}
+_STEP = re.compile(r"^checkpoint-(\d+)\.pth$")
+
+
+@dataclass
+class LoadedBackbone:
+    """A frozen encoder and what to feed for a dropped position.
+
+    Attributes:
+        model: the suite ViT in eval mode, gradients off.
+        method: droppos | mae | adpe | timm | unknown (from the file or its keys).
+        source_format: what ``pretrain.checkpoints.detect_format`` called the weights.
+        position_token: [1, 1, D] replacement for a dropped position embedding.
+        replacement: the replacement's name (zero, mask_pos_token, ...).
+        path: the checkpoint file.
+        notes: how things were resolved (where the token came from, shims applied).
+    """
+
+    model: VisionTransformer
+    method: str
+    source_format: str
+    position_token: torch.Tensor
+    replacement: str
+    path: str
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.model.grid_size
+
+    @property
+    def img_size(self) -> int:
+        return int(self.model.patch_embed.img_size[0])
+
+    def arch(self) -> str:
+        m = self.model
+        return f"vit_d{m.embed_dim}_l{len(m.blocks)}_patch{m.patch_embed.patch_size[0]}_{self.img_size}"
+
+
+def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
+    """ViT constructor arguments from timm-named encoder weights."""
+    dim = int(encoder["cls_token"].shape[-1]) if "cls_token" in encoder else int(encoder["patch_embed.proj.weight"].shape[0])
+    patch = int(encoder["patch_embed.proj.weight"].shape[-1])
+    in_chans = int(encoder["patch_embed.proj.weight"].shape[1])
+    depth = 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks."))
+    if "pos_embed" not in encoder:
+        raise CheckpointError("the encoder weights have no pos_embed; cannot tell the input grid")
+    tokens = int(encoder["pos_embed"].shape[1]) - 1  # cls row
+    side = int(round(tokens ** 0.5))
+    if side * side != tokens:
+        raise CheckpointError(f"pos_embed holds {tokens} patch rows, not a square grid")
+    hidden = int(encoder["blocks.0.mlp.fc1.weight"].shape[0])
+    heads = num_heads or _HEADS_BY_WIDTH.get(dim) or max(dim // 64, 1)
+    args = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, img_size=side * patch,
+                mlp_ratio=hidden / dim, in_chans=in_chans)
+    if "blocks.0.ls1.gamma" in encoder:
+        args["init_values"] = 1.0
+    return args
+
+
+def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    fmt = detect_format(state)
+    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
+    cfg = ckpt.get("config")
+    if method is None and isinstance(cfg, dict) and isinstance(cfg.get("method"), str):
+        method = cfg["method"]
+    if method is None:
+        method = {"droppos": "droppos", "mae": "mae", "adpe": "adpe", "timm": "timm"}.get(fmt, "unknown")
+        if fmt == "ours":
+            keys = set(state)
+            method = "droppos" if "mask_pos_token" in keys else "adpe" if any("adv" in k for k in keys) else "mae" if "mask_token" in keys else "unknown"
+    return method, fmt
+
+
+def _newest_full_checkpoint(folder: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in folder.glob("checkpoint-*.pth") if (m := _STEP.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def _non_encoder_tokens(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """mask_pos_token / adv_token / mask_token from a flat or ``encoder.``-prefixed state."""
+    return {k: v for k, v in state.items() if k in ("mask_pos_token", "adv_token", "mask_token")}
+
+
+def load_backbone(
+    path: str | Path,
+    replacement: str = "auto",
+    num_heads: int | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedBackbone:
+    """Build the frozen encoder of any supported checkpoint and its dropped-position token.
+
+    Args:
+        path: checkpoint file.
+        replacement: auto (DropPos -> mask_pos_token, else zero) or one of REPLACEMENTS.
+        num_heads: attention heads when the width is not a standard size's.
+        device: where the model goes.
+    """
+    if replacement not in REPLACEMENTS:
+        raise ValueError(f"unknown replacement {replacement!r}; choose one of {REPLACEMENTS}")
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickled argparse Namespaces etc. are reported below
+        ckpt = load_checkpoint_file(path)
+    state = model_state(ckpt, path)
+    method, fmt = _read_method(ckpt, state)
+    notes = []
+    if ckpt.get("__ignored__"):
+        notes.append(f"ignored pickled objects: {', '.join(ckpt['__ignored__'])}")
+    encoder = encoder_state_dict(state, path)
+    flat = {k[len(ENCODER_PREFIX):] if k.startswith(ENCODER_PREFIX) else k: v for k, v in state.items()}
+    if "norm.weight" not in encoder and "fc_norm.weight" in flat:
+        # timm average-pool models normalise after pooling; per token the same LayerNorm applies.
+        encoder["norm.weight"], encoder["norm.bias"] = flat["fc_norm.weight"], flat["fc_norm.bias"]
+        notes.append("final norm taken from fc_norm (average-pool model)")
+    args = infer_arch(encoder, num_heads)
+    model = VisionTransformer(num_classes=0, **args)
+    own = model.state_dict()
+    for key in [k for k in own if k.endswith("attn.qkv.bias") and k not in encoder]:
+        encoder[key] = torch.zeros_like(own[key])  # a model without qkv bias == zero bias
+        if "qkv bias" not in " ".join(notes):
+            notes.append("no qkv bias in the checkpoint: zero biases used")
+    missing, unexpected = model.load_state_dict(encoder, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: encoder weights do not fit a plain ViT ({args}); missing {missing[:8]}, unexpected {unexpected[:8]}"
+            + (" (relative position encodings are not supported by the analyses)" if any("rpe" in k or "rel_pos" in k for k in unexpected) else "")
+        )
+    model.requires_grad_(False).eval().to(device)
+
+    tokens = _non_encoder_tokens(flat)
+    if method == "droppos" and "mask_pos_token" not in tokens:
+        full = _newest_full_checkpoint(path.parent)
+        if full is not None and full != path:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                extra = _non_encoder_tokens({k: v for k, v in model_state(load_checkpoint_file(full), full).items()})
+            if "mask_pos_token" in extra:
+                tokens["mask_pos_token"] = extra["mask_pos_token"]
+                notes.append(f"mask_pos_token read from {full.name} beside the backbone file")
+    choice = replacement
+    if replacement == "auto":
+        choice = "mask_pos_token" if method == "droppos" and "mask_pos_token" in tokens else "zero"
+        if method == "droppos" and choice == "zero":
+            notes.append("DropPos checkpoint without mask_pos_token: dropped positions are zeroed")
+    dim = model.embed_dim
+    if choice == "zero":
+        token = torch.zeros(1, 1, dim)
+    else:
+        if choice not in tokens:
+            raise CheckpointError(f"{path} holds no {choice} (found: {sorted(tokens) or 'none'}); use --replacement zero")
+        token = tokens[choice].float()
+        if token.numel() != dim:
+            raise CheckpointError(f"{path}: {choice} has shape {tuple(token.shape)}, not a [1, 1, {dim}] embedding")
+        token = token.reshape(1, 1, dim)
+    return LoadedBackbone(model=model, method=method, source_format=fmt, position_token=token.to(device),
+                          replacement=choice, path=str(path), extras=tokens, notes=notes)

@@ -1,0 +1,132 @@
+"""The benchmark tools run a few steps and report sane numbers; the counted FLOPs are exact.
+
+No timing assertions: the machine is shared.
+"""
+import json
+import math
+
+import pytest
+import torch
+
+from pretrain.engine.config import load_config
+from pretrain.models import DropPos, create_vit
+from tools import benchmark, benchmark_data
+
+
+def vit_macs(depth: int, dim: int, tokens: int, patches: int, patch: int, classes: int) -> int:
+    """Multiply-adds of a ViT forward: patch conv, per block qkv/attn/proj/mlp, avg-pool head, and
+    fvcore's LayerNorm estimate (5 per element)."""
+    embed = patches * 3 * patch * patch * dim
+    block = tokens * dim * 3 * dim + 2 * tokens * tokens * dim + tokens * dim * dim + 2 * tokens * dim * 4 * dim
+    norms = 2 * tokens * dim * 5
+    return embed + depth * (block + norms) + dim * 5 + dim * classes  # fc_norm on the pooled token, head
+
+
+def test_flop_count_matches_analytic_vit():
+    model = create_vit("tiny", img_size=32, patch_size=8, num_classes=10, global_pool="avg")
+    macs, skipped = benchmark.count_macs(model, lambda m, x: m(x), (torch.randn(1, 3, 32, 32),))
+    assert macs == vit_macs(depth=12, dim=192, tokens=17, patches=16, patch=8, classes=10)
+    assert "aten::scaled_dot_product_attention" not in skipped  # counted by our handle
+
+
+def test_droppos_training_flops_split():
+    cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32"])
+    from pretrain.main import build_method
+
+    model = build_method(cfg)
+    f = benchmark.training_flops("droppos", model, (3, 32, 32), torch.device("cpu"))
+    # The no-grad attentive pass runs the encoder (no patch embedding) over all 1 + 16 tokens.
+    # (final norm over every token instead of fc_norm on the pooled one).
+    enc = vit_macs(depth=12, dim=192, tokens=17, patches=0, patch=8, classes=0) - 192 * 5 + 17 * 192 * 5
+    assert f["forward_nograd_flops"] == pytest.approx(2 * enc)
+    assert f["train_flops_per_image"] == pytest.approx(3 * f["forward_grad_flops"] + f["forward_nograd_flops"])
+    assert 0 < f["forward_grad_flops"] < f["forward_nograd_flops"]  # 4 visible of 16 patches + small head
+
+
+def test_gpu_peak_lookup():
+    assert benchmark.gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4)
+    assert benchmark.gpu_peak_tflops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756.0)
+    assert benchmark.gpu_peak_tflops("NVIDIA H200", "bf16") == pytest.approx(989.4)
+    assert benchmark.gpu_peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == pytest.approx(156.0)
+    assert benchmark.gpu_peak_tflops("Some Unknown GPU", "bf16") is None
+
+
+@pytest.mark.parametrize("method", ["droppos", "mae", "finetune"])
+def test_benchmark_cli_runs_and_writes_json(method, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    args = ["--method", method, "--size", "tiny", "--img-size", "32", "--patch-size", "8", "--batch", "2",
+            "--steps", "2", "--warmup", "1", "--device", "cpu", "--peak-sizes", "256", "--json", str(out)]
+    assert benchmark.main(args) == 0
+    text = capsys.readouterr().out
+    assert "images/s" in text and "share of peak" in text and "2 FLOPs per multiply-add" in text
+    r = json.loads(out.read_text())
+    assert r["method"] == method and r["batch"] == 2 and r["precision"] == "fp32"
+    assert r["images_per_s"] > 0 and r["step_s_median"] > 0 and r["peak_memory_mib"] > 0
+    assert r["train_flops_per_image"] > 0 and r["peak_tflops"] > 0
+    assert math.isclose(r["achieved_tflops"], r["train_flops_per_image"] * r["images_per_s"] / 1e12, rel_tol=1e-9)
+    assert r["command"].startswith("python -m tools.benchmark --method " + method)
+    assert (r["forward_nograd_flops"] > 0) == (method == "droppos")
+
+
+def test_benchmark_profile_lists_top_ops(tmp_path):
+    args = benchmark.get_args_parser().parse_args(["--size", "tiny", "--img-size", "32", "--patch-size", "8",
+                                                   "--batch", "2", "--steps", "1", "--warmup", "1", "--no-flops",
+                                                   "--profile", "1", "--device", "cpu"])
+    args.argv = []
+    r = benchmark.benchmark(args)
+    ops = r["profile"]["top_ops"]
+    assert ops and sum(o["share"] for o in ops) <= 1.0 + 1e-6
+    assert any("addmm" in o["op"] or "mm" in o["op"] for o in ops)
+
+
+def test_train_step_updates_and_returns_output():
+    """Trainer.train_step (shared by the loop and the benchmark) steps the optimizer once."""
+    args = benchmark.get_args_parser().parse_args(["--size", "tiny", "--img-size", "32", "--patch-size", "8",
+                                                   "--batch", "2", "--device", "cpu", "optim.clip_grad=1.0"])
+    model, trainer, batch, _, _ = benchmark.build_trainer(args, torch.device("cpu"))
+    before = model.encoder.blocks[0].attn.qkv.weight.detach().clone()
+    out, grad_norm = trainer.train_step(batch)
+    assert torch.isfinite(out.loss) and grad_norm is not None and grad_norm > 0
+    assert not torch.equal(before, model.encoder.blocks[0].attn.qkv.weight)
+    assert all(p.grad is None for p in model.parameters())  # zero_grad(set_to_none) after the step
+
+
+def test_attentive_weights_bf16_match_fp32():
+    """The no-grad attentive pass keeps its result under bf16 autocast (the GPU precision)."""
+    torch.manual_seed(0)
+    m = DropPos(create_vit("tiny", img_size=64, patch_size=8)).eval()
+    tokens = m.encoder.embed_patches(torch.randn(4, 3, 64, 64))
+    ids = m.sample_masks(4).ids_keep
+    w32 = m.attentive_weights(tokens, ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        w16 = m.attentive_weights(tokens, ids)
+    assert w16.dtype == torch.float32
+    assert (w16 - w32).abs().sum(-1).max() < 0.02  # L1 distance between the weight distributions
+
+
+def test_make_large_jpegs(small_builtin, tmp_path):
+    root = benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6)
+    files = sorted((root / "train").glob("*/*.JPEG"))
+    assert len(files) == 6
+    from PIL import Image
+
+    with Image.open(files[0]) as im:
+        assert im.size == (500, 375) and im.format == "JPEG"
+    assert benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6) == root  # reused
+
+
+def test_benchmark_data_cli(small_builtin, tmp_path, capsys):
+    out = tmp_path / "d.json"
+    args = ["--data", str(small_builtin / "imagenet"), "--workers", "0", "--seconds", "0.4", "--batch", "4",
+            "--size", "32", "--warmup-batches", "1", "--json", str(out)]
+    assert benchmark_data.main(args) == 0
+    assert "vs torchvision" in capsys.readouterr().out
+    rep = json.loads(out.read_text())
+    res = {r["pipeline"]: r for r in rep["results"]}
+    assert set(res) == set(benchmark_data.PIPELINES)
+    for r in res.values():
+        assert r["images"] > 0 and r["images_per_s"] > 0
+        assert all(0.2 < s < 3.0 for s in r["std"]) and all(abs(m) < 2.0 for m in r["mean"])
+    # Same recipe, two implementations: output statistics agree (loosely: few random crops).
+    for a, b in [("pretrain/ours", "pretrain/torchvision")]:
+        assert max(abs(x - y) for x, y in zip(res[a]["mean"], res[b]["mean"])) < 0.35

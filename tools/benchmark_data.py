@@ -1,0 +1,261 @@
+"""Input-pipeline benchmark: decoded + augmented images/s per worker, ours vs torchvision / timm.
+
+Pipelines, measured side by side on the same JPEG folder (alternating in rounds so a
+change in machine load hits all of them alike):
+
+- ``pretrain/ours``: the suite's pretraining input (``ImageFolderDataset`` +
+  ``build_pretrain_transform``: header-sized crop box, reduced JPEG decode, uint8
+  antialiased bicubic resize, flip, fused normalise);
+- ``pretrain/torchvision``: ``torchvision.datasets.ImageFolder`` + RandomResizedCrop(224,
+  scale (0.2, 1), bicubic) + RandomHorizontalFlip + ToTensor + Normalize (PIL);
+- ``finetune/ours-decode`` and ``finetune/torchvision``: timm's ``create_transform``
+  fine-tune recipe (RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1,
+  random erasing 0.25), fed by our dataset (bytes read + PIL decode) or by torchvision's
+  ``ImageFolder``: the fine-tune transform is timm's in both, so this compares decode paths.
+
+Each result has images/s over all workers and per worker, and the per-channel mean / std
+of the normalised outputs (they must agree between the two implementations of a recipe).
+
+    python -m tools.benchmark_data --data data/builtin/imagenet --workers 1 --seconds 10
+    python -m tools.benchmark_data --data data/builtin/imagenet --make-large 500 --workers 1 --seconds 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+PIPELINES = ("pretrain/ours", "pretrain/torchvision", "finetune/ours-decode", "finetune/torchvision")
+
+
+# --------------------------------------------------------------------------- data
+def make_large_jpegs(src_root: Path, dst_root: Path, count: int, size: tuple[int, int] = (500, 375),
+                     quality: int = 90, seed: int = 0, split: str = "train") -> Path:
+    """An ImageFolder of ``count`` ImageNet-sized JPEGs (``size`` = (width, height)) made from ``src_root``.
+
+    Each source image is upscaled (bicubic) and given Gaussian pixel noise (sigma 6) so the
+    files carry photo-like detail (about 100 KB at quality 90, near ImageNet's average),
+    not the smooth content that would make decoding unrealistically cheap. Idempotent:
+    an existing folder with ``count`` images is reused.
+    """
+    src = Path(src_root) / split
+    dst = Path(dst_root) / split
+    existing = list(dst.glob("*/*.JPEG")) if dst.is_dir() else []
+    if len(existing) == count:
+        return Path(dst_root)
+    files = sorted(src.glob("*/*"))
+    if not files:
+        raise FileNotFoundError(f"no images found under {src}")
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        f = files[i % len(files)]
+        img = Image.open(f).convert("RGB").resize(size, Image.BICUBIC)
+        arr = np.asarray(img, dtype=np.float32) + rng.normal(0.0, 6.0, size=(size[1], size[0], 3))
+        out = dst / f.parent.name / f"large_{i:06d}.JPEG"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(out, quality=quality)
+    return Path(dst_root)
+
+
+def folder_stats(root: Path, split: str = "train") -> dict[str, Any]:
+    files = sorted((Path(root) / split).glob("*/*"))
+    sizes = [f.stat().st_size for f in files]
+    with Image.open(files[0]) as im:
+        w, h = im.size
+    return {"images": len(files), "mean_kb": float(np.mean(sizes)) / 1024, "first_size_wh": [w, h]}
+
+
+# --------------------------------------------------------------------------- pipelines
+def patch_timm_posterize() -> None:
+    """Make timm's RandAugment posterize survive Pillow >= 12, which rejects bits=0.
+
+    timm 1.0.x passes ``bits_to_keep = 0`` when rand-m9-mstd0.5's magnitude reaches 10
+    (PosterizeIncreasing); older Pillow returned an all-zero image for it, Pillow 13 raises
+    ``ValueError`` and kills the DataLoader worker. Restores the old result (black image).
+    """
+    from PIL import ImageOps
+    from timm.data import auto_augment as aa
+
+    def posterize(img, bits_to_keep, **_):
+        if bits_to_keep >= 8:
+            return img
+        if bits_to_keep < 1:
+            return ImageOps.posterize(img, 1).point(lambda _v: 0)
+        return ImageOps.posterize(img, bits_to_keep)
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        aa.NAME_TO_OP[name] = posterize
+
+
+def build_dataset(name: str, root: Path, split: str, size: int) -> torch.utils.data.Dataset:
+    """One of ``PIPELINES`` over ``root/split``."""
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    from pretrain.data.imagefolder import ImageFolderDataset
+    from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_pretrain_transform
+
+    if name == "pretrain/ours":
+        return ImageFolderDataset(root, split, build_pretrain_transform(size, scale=(0.2, 1.0)))
+    if name == "pretrain/torchvision":
+        tf = T.Compose([
+            T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+        ])
+        return datasets.ImageFolder(str(Path(root) / split), transform=tf)
+    if name.startswith("finetune/"):
+        from timm.data import create_transform
+
+        patch_timm_posterize()
+        tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                              re_mode="pixel", re_count=1, interpolation="bicubic",
+                              mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+        if name == "finetune/ours-decode":
+            return ImageFolderDataset(root, split, tf, input_kind="pil")
+        return datasets.ImageFolder(str(Path(root) / split), transform=tf)
+    raise ValueError(f"unknown pipeline {name!r}; choose from {PIPELINES}")
+
+
+class _Stats:
+    """Running per-channel sums of normalised outputs (float64)."""
+
+    def __init__(self) -> None:
+        self.n, self.s, self.s2 = 0, torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.double().transpose(0, 1).reshape(3, -1)
+        self.n += x.shape[1]
+        self.s += x.sum(1)
+        self.s2 += x.square().sum(1)
+
+    def result(self) -> tuple[list[float], list[float]]:
+        mean = self.s / max(self.n, 1)
+        std = (self.s2 / max(self.n, 1) - mean.square()).clamp_min(0).sqrt()
+        return mean.tolist(), std.tolist()
+
+
+def make_loader(ds, workers: int, batch: int, seed: int) -> torch.utils.data.DataLoader:
+    """The training DataLoader setup (persistent workers, prefetch 4), endless shuffled order."""
+    g = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10 ** 8, generator=g)
+    return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
+                                       persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+                                       drop_last=True)
+
+
+def measure(it, seconds: float, batch: int, stats: _Stats, on_batch: Callable | None = None) -> tuple[int, float]:
+    """Images drawn from ``it`` in about ``seconds`` of wall time."""
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        x, _ = next(it)
+        stats.update(x)
+        n += x.shape[0]
+    return n, time.perf_counter() - t0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(args.data)
+    if args.make_large:
+        root = make_large_jpegs(root, Path(args.large_dir), args.make_large)
+    torch.manual_seed(args.seed)
+    names = args.pipelines or list(PIPELINES)
+    loaders, iters, stats, counts, secs = {}, {}, {}, {}, {}
+    for name in names:
+        loaders[name] = make_loader(build_dataset(name, root, args.split, args.size), args.workers, args.batch, args.seed)
+        iters[name] = iter(loaders[name])
+        stats[name] = _Stats()
+        counts[name], secs[name] = 0, 0.0
+        for _ in range(args.warmup_batches):  # start workers, fill caches
+            next(iters[name])
+    per_round = args.seconds / args.rounds
+    for r in range(args.rounds):  # alternate the order every round
+        for name in (names if r % 2 == 0 else names[::-1]):
+            n, dt = measure(iters[name], per_round, args.batch, stats[name])
+            counts[name] += n
+            secs[name] += dt
+    results = []
+    for name in names:
+        ips = counts[name] / secs[name]
+        mean, std = stats[name].result()
+        results.append({"pipeline": name, "images": counts[name], "seconds": secs[name], "images_per_s": ips,
+                        "images_per_s_per_worker": ips / max(args.workers, 1), "mean": mean, "std": std})
+        del iters[name]
+    return {
+        "data": str(root),
+        "folder": folder_stats(root, args.split),
+        "workers": args.workers,
+        "batch": args.batch,
+        "size": args.size,
+        "seconds_per_pipeline": args.seconds,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m_end": os.getloadavg()[0],
+        "results": results,
+        "command": "python -m tools.benchmark_data " + " ".join(args.argv),
+    }
+
+
+def print_report(rep: dict[str, Any]) -> None:
+    from tabulate import tabulate
+
+    f = rep["folder"]
+    print(f"data: {rep['data']} ({f['images']} images, {f['first_size_wh'][0]}x{f['first_size_wh'][1]}, "
+          f"{f['mean_kb']:.1f} KB mean), workers={rep['workers']}, batch={rep['batch']}, "
+          f"{rep['seconds_per_pipeline']} s per pipeline in {rep['rounds']} rounds, load avg {rep['load_avg_1m_end']:.2f}")
+    rows = []
+    base = {r["pipeline"].split("/")[0]: r["images_per_s"] for r in rep["results"] if "torchvision" in r["pipeline"]}
+    for r in rep["results"]:
+        ref = base.get(r["pipeline"].split("/")[0])
+        rows.append((r["pipeline"], f"{r['images_per_s']:.1f}", f"{r['images_per_s_per_worker']:.1f}",
+                     f"{r['images_per_s'] / ref:.2f}x" if ref else "",
+                     " ".join(f"{m:+.3f}" for m in r["mean"]), " ".join(f"{s:.3f}" for s in r["std"])))
+    print(tabulate(rows, headers=("pipeline", "images/s", "per worker", "vs torchvision", "mean (R G B)", "std (R G B)"),
+                   tablefmt="github"))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("Input pipeline benchmark")
+    p.add_argument("--data", default="data/builtin/imagenet", help="ImageFolder root (holds <split>/<class>/*)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (0: main process)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per pipeline")
+    p.add_argument("--rounds", type=int, default=2, help="alternate pipelines in this many rounds")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--size", type=int, default=224, help="output crop size")
+    p.add_argument("--warmup-batches", type=int, default=2)
+    p.add_argument("--pipelines", nargs="*", choices=PIPELINES, default=None)
+    p.add_argument("--make-large", type=int, default=0,
+                   help="first write N ImageNet-sized (500x375) JPEGs from --data and measure on them")
+    p.add_argument("--large-dir", default="data/bench/imagenet_large")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
+    args.argv = argv
+    rep = run(args)
+    print_report(rep)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rep, indent=2))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
