@@ -34,6 +34,7 @@ from pretrain.checkpoints import (
     load_checkpoint_file,
     model_state,
 )
+from pretrain.models.pos_embed import resize_pos_embed
 from pretrain.models.vit import VIT_SIZES, VisionTransformer
 
 REPLACEMENTS = ("auto", "zero", "mask_pos_token", "adv_token", "mask_token")
@@ -95,6 +96,8 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
                 mlp_ratio=hidden / dim, in_chans=in_chans)
     if "blocks.0.ls1.gamma" in encoder:
         args["init_values"] = 1.0
+    if any(".attn.rpe_k." in k for k in encoder):
+        args["rel_pos"] = True
     return args
 
 
@@ -122,11 +125,22 @@ def _non_encoder_tokens(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v for k, v in state.items() if k in ("mask_pos_token", "adv_token", "mask_token")}
 
 
+def build_vit(args: dict) -> VisionTransformer:
+    """The suite ViT for ``infer_arch``'s arguments (relative-position blocks when ``rel_pos``)."""
+    args = dict(args)
+    if args.pop("rel_pos", False):
+        from pretrain.models.relpos import RelPosAttention, RelPosBlock
+
+        args.update(block_fn=RelPosBlock, attn_layer=RelPosAttention)
+    return VisionTransformer(num_classes=0, **args)
+
+
 def load_backbone(
     path: str | Path,
     replacement: str = "auto",
     num_heads: int | None = None,
     device: torch.device | str = "cpu",
+    img_size: int | None = None,
 ) -> LoadedBackbone:
     """Build the frozen encoder of any supported checkpoint and its dropped-position token.
 
@@ -135,6 +149,8 @@ def load_backbone(
         replacement: auto (DropPos -> mask_pos_token, else zero) or one of REPLACEMENTS.
         num_heads: attention heads when the width is not a standard size's.
         device: where the model goes.
+        img_size: input size if not the checkpoint's; the position table is resized
+            bicubically to the new grid (as fine-tuning does).
     """
     if replacement not in REPLACEMENTS:
         raise ValueError(f"unknown replacement {replacement!r}; choose one of {REPLACEMENTS}")
@@ -154,7 +170,17 @@ def load_backbone(
         encoder["norm.weight"], encoder["norm.bias"] = flat["fc_norm.weight"], flat["fc_norm.bias"]
         notes.append("final norm taken from fc_norm (average-pool model)")
     args = infer_arch(encoder, num_heads)
-    model = VisionTransformer(num_classes=0, **args)
+    if img_size is not None and img_size != args["img_size"]:
+        if img_size % args["patch_size"]:
+            raise ValueError(f"img_size {img_size} is not a multiple of the patch size {args['patch_size']}")
+        old = args["img_size"] // args["patch_size"]
+        new = img_size // args["patch_size"]
+        encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], (new, new), num_prefix_tokens=1, old_grid=(old, old))
+        notes.append(f"position table resized from {old}x{old} to {new}x{new} (img_size {args['img_size']} -> {img_size})")
+        args["img_size"] = img_size
+    if args.get("rel_pos"):
+        notes.append("relative position encoding in every block is kept: dropping the absolute embedding leaves relative offsets")
+    model = build_vit(args)
     own = model.state_dict()
     for key in [k for k in own if k.endswith("attn.qkv.bias") and k not in encoder]:
         encoder[key] = torch.zeros_like(own[key])  # a model without qkv bias == zero bias

@@ -197,18 +197,17 @@ def _decoder_heads(ckpt: dict, decoder_dim: int) -> int:
 
 def droppos_from_checkpoint(path: str | Path, backbone: LoadedBackbone) -> "torch.nn.Module | None":
     """The full DropPos model (encoder + position head) of a checkpoint that holds the head, else None."""
-    from pretrain.models import DropPos, create_vit
+    import copy
+
+    from pretrain.models import DropPos
 
     ckpt = load_checkpoint_file(path)
     state = model_state(ckpt, path)
     if "decoder_pred.weight" not in state or ("mask_pos_token" not in state and "encoder.mask_pos_token" not in state):
         return None
-    vit = backbone.model
     dec_dim = int(state["decoder_embed.weight"].shape[0])
     depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
-    encoder = create_vit("tiny", img_size=backbone.img_size, patch_size=vit.patch_embed.patch_size[0],
-                         embed_dim=vit.embed_dim, depth=len(vit.blocks), num_heads=vit.blocks[0].attn.num_heads,
-                         mlp_ratio=vit.blocks[0].mlp.fc1.out_features / vit.embed_dim)
+    encoder = copy.deepcopy(backbone.model).cpu()  # same architecture; the weights are loaded below
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     d = cfg.get("droppos") or {}
     model = DropPos(encoder, mask_ratio=float(d.get("mask_ratio", 0.75)), pos_drop_ratio=float(d.get("pos_drop_ratio", 0.75)),

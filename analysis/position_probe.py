@@ -253,12 +253,13 @@ def run_probe(
     num_heads: int | None = None,
     label: str | None = None,
     verbose: bool = True,
+    img_size: int | None = None,
 ) -> dict:
     """Probe one checkpoint at several drop ratios; returns (and writes, if ``output``) the metrics."""
     settings = settings or ProbeSettings()
     t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = load_backbone(checkpoint, replacement, num_heads, device)
+    backbone = load_backbone(checkpoint, replacement, num_heads, device, img_size)
     root = resolve_image_folder(data)
     train_loader = make_loader(root, "train", backbone.img_size, settings.train_images, settings)
     val_loader = make_loader(root, "val", backbone.img_size, settings.val_images, settings)
@@ -330,6 +331,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help=f"folder for {METRICS_FILE} (default: beside the checkpoint)")
     p.add_argument("--label", default=None, help="name of this checkpoint in tables and pictures")
     p.add_argument("--num-heads", type=int, default=None, help="attention heads for non-standard widths")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="probe at this input size (default: the checkpoint's; the position table is resized)")
     for name in ("epochs", "batch_size", "seed", "train_images", "val_images", "tokens_per_image", "extract_batch", "num_workers"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
@@ -346,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = ProbeSettings(**{k: getattr(args, k) for k in asdict(ProbeSettings())})
     output = args.output or str(Path(args.checkpoint).parent / "position_probe")
     try:
-        metrics = run_probe(args.checkpoint, args.data, ratios, settings, args.replacement, output, args.num_heads, args.label)
+        metrics = run_probe(args.checkpoint, args.data, ratios, settings, args.replacement, output, args.num_heads, args.label,
+                            img_size=args.img_size)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

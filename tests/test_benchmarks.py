@@ -51,32 +51,43 @@ def test_gpu_peak_lookup():
     assert benchmark.gpu_peak_tflops("Some Unknown GPU", "bf16") is None
 
 
-@pytest.mark.parametrize("method", ["droppos", "mae", "finetune"])
-def test_benchmark_cli_runs_and_writes_json(method, tmp_path, capsys):
+def test_benchmark_cli_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "b.json"
-    args = ["--method", method, "--size", "tiny", "--img-size", "32", "--patch-size", "8", "--batch", "2",
-            "--steps", "2", "--warmup", "1", "--device", "cpu", "--peak-sizes", "256", "--json", str(out)]
+    args = ["--method", "droppos", "--size", "tiny", "--img-size", "32", "--patch-size", "8", "--batch", "2",
+            "--steps", "2", "--warmup", "1", "--device", "cpu", "--peak-sizes", "256", "--profile", "1",
+            "--json", str(out)]
     assert benchmark.main(args) == 0
     text = capsys.readouterr().out
     assert "images/s" in text and "share of peak" in text and "2 FLOPs per multiply-add" in text
     r = json.loads(out.read_text())
-    assert r["method"] == method and r["batch"] == 2 and r["precision"] == "fp32"
+    assert r["method"] == "droppos" and r["batch"] == 2 and r["precision"] == "fp32"
     assert r["images_per_s"] > 0 and r["step_s_median"] > 0 and r["peak_memory_mib"] > 0
-    assert r["train_flops_per_image"] > 0 and r["peak_tflops"] > 0
+    assert r["train_flops_per_image"] > 0 and r["forward_nograd_flops"] > 0 and r["peak_tflops"] > 0
     assert math.isclose(r["achieved_tflops"], r["train_flops_per_image"] * r["images_per_s"] / 1e12, rel_tol=1e-9)
-    assert r["command"].startswith("python -m tools.benchmark --method " + method)
-    assert (r["forward_nograd_flops"] > 0) == (method == "droppos")
-
-
-def test_benchmark_profile_lists_top_ops(tmp_path):
-    args = benchmark.get_args_parser().parse_args(["--size", "tiny", "--img-size", "32", "--patch-size", "8",
-                                                   "--batch", "2", "--steps", "1", "--warmup", "1", "--no-flops",
-                                                   "--profile", "1", "--device", "cpu"])
-    args.argv = []
-    r = benchmark.benchmark(args)
+    assert r["command"].startswith("python -m tools.benchmark --method droppos")
     ops = r["profile"]["top_ops"]
     assert ops and sum(o["share"] for o in ops) <= 1.0 + 1e-6
-    assert any("addmm" in o["op"] or "mm" in o["op"] for o in ops)
+    assert any("mm" in o["op"] for o in ops)
+
+
+@pytest.mark.parametrize("method,extra", [("mae", ["mae.decoder_depth=1"]), ("finetune", [])])
+def test_benchmark_other_methods(method, extra, capsys):
+    args = benchmark.get_args_parser().parse_args(["--method", method, "--size", "tiny", "--img-size", "32",
+                                                   "--patch-size", "8", "--batch", "2", "--steps", "1",
+                                                   "--warmup", "1", "--no-flops", "--device", "cpu", *extra])
+    args.argv = []
+    r = benchmark.benchmark(args)
+    assert r["method"] == method and r["images_per_s"] > 0 and "train_flops_per_image" not in r
+    benchmark.print_result(r)
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_finetune_flops_are_three_forwards():
+    model = create_vit("tiny", img_size=32, patch_size=8, num_classes=1000, global_pool="avg")
+    f = benchmark.training_flops("finetune", model, (3, 32, 32), torch.device("cpu"))
+    fwd = 2 * vit_macs(depth=12, dim=192, tokens=17, patches=16, patch=8, classes=1000)
+    assert f["forward_grad_flops"] == pytest.approx(fwd) and f["forward_nograd_flops"] == 0
+    assert f["train_flops_per_image"] == pytest.approx(3 * fwd)
 
 
 def test_train_step_updates_and_returns_output():

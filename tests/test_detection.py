@@ -156,9 +156,10 @@ def test_backward_reaches_every_parameter():
 
 
 # --------------------------------------------------------------- weights
-def reference_style_checkpoint(path: Path) -> dict:
-    """A DropPos-reference-format file for ViT-Tiny/8: flat timm encoder keys, decoder keys,
-    mask_pos_token, `module.` prefixes and a pickled argparse.Namespace."""
+def reference_style_checkpoint(path: Path, layout: str = "reference") -> dict:
+    """A pretraining file for ViT-Tiny/8 with decoder keys and mask_pos_token: the reference
+    DropPos layout (flat timm keys, `module.` prefixes, a pickled argparse.Namespace) or this
+    suite's (encoder under `encoder.`)."""
     torch.manual_seed(1)
     enc = create_vit("tiny", img_size=64, patch_size=8)
     for p in enc.parameters():
@@ -169,8 +170,12 @@ def reference_style_checkpoint(path: Path) -> dict:
     state["decoder_blocks.0.attn.qkv.weight"] = torch.randn(1536, 512)
     state["decoder_norm.weight"] = torch.ones(512)
     state["decoder_pred.weight"] = torch.randn(64, 512)
-    torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3,
-                "args": argparse.Namespace(model="droppos_vit_tiny")}, path)
+    if layout == "reference":
+        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3,
+                    "args": argparse.Namespace(model="droppos_vit_tiny")}, path)
+    else:
+        own = {(k if k.startswith("decoder") or k == "mask_pos_token" else f"encoder.{k}"): v for k, v in state.items()}
+        torch.save({"model": own, "train_state": {"step": 3}}, path)
     return state
 
 
@@ -179,12 +184,16 @@ def tiny_detector_config():
     return load_config("mask_rcnn_vitdet_tiny_builtin.py")
 
 
-def test_reference_checkpoint_fills_every_vit_weight(tmp_path):
-    state = reference_style_checkpoint(tmp_path / "droppos_tiny.pth")
+@pytest.mark.parametrize("layout", ["reference", "ours"])
+def test_pretrain_checkpoint_fills_every_vit_weight(tmp_path, layout):
+    state = reference_style_checkpoint(tmp_path / "droppos_tiny.pth", layout)
     model = instantiate(tiny_detector_config().model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     checkpointer = ViTDetCheckpointer(model)
-    with pytest.warns(UserWarning, match="Namespace"):
+    if layout == "reference":
+        with pytest.warns(UserWarning, match="Namespace"):
+            checkpointer.load(str(tmp_path / "droppos_tiny.pth"))
+    else:
         checkpointer.load(str(tmp_path / "droppos_tiny.pth"))
     report = checkpointer.load_report
     after = model.state_dict()
@@ -201,6 +210,8 @@ def test_reference_checkpoint_fills_every_vit_weight(tmp_path):
 
 
 def test_reference_key_names_map_onto_vitdet_b_and_l():
+    if not REFERENCE_KEYS.is_file():
+        pytest.skip("shared/reference/reference_keys.json not found")
     models = json.loads(REFERENCE_KEYS.read_text())["models"]
     for ref_name, size in [("droppos:DropPos_mae_vit_base_patch16_dec512d2b", "base"),
                            ("droppos:DropPos_mae_vit_large_patch16_dec512d2b", "large"),

@@ -28,10 +28,8 @@ import torch
 from PIL import Image
 
 from pretrain.data.synthetic import make_builtin_dataset
-from pretrain.data.validate import DatasetError, validate_ade20k, validate_coco_json
 from pretrain.engine.checkpointing import CheckpointManager, load_resume_file
 from pretrain.engine.config import load_config
-from pretrain.engine.distributed import dist_timeout
 from pretrain.engine.logger import RunLogger
 from pretrain.main import main, run
 from pretrain.models import DropPos
@@ -94,8 +92,12 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def step_of(path: Path) -> int:
+    return int(re.fullmatch(r"checkpoint-(\d+)\.pth", Path(path).name).group(1))
+
+
 def checkpoint_steps(out: Path) -> list[int]:
-    return sorted(CheckpointManager.step_of(p) for p in CheckpointManager(out).list())
+    return sorted(step_of(p) for p in out.glob("checkpoint-*.pth"))
 
 
 def wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> int:
@@ -208,7 +210,7 @@ def test_sigkill_at_random_step_then_resume_reproduces_losses(data, reference, t
     run(cfg_for(data, out, *SINGLE, workers=2))
     assert_same_run(out, reference)
     metrics = json.loads((out / "pretrain_metrics.json").read_text())
-    assert CheckpointManager.step_of(Path(metrics["resumed_from"])) == max(saved), f"FAULT_SEED={SEED}"
+    assert step_of(metrics["resumed_from"]) == max(saved), f"FAULT_SEED={SEED}"
 
 
 def test_log_truncation_drops_records_after_checkpoint(tmp_path):
@@ -419,6 +421,8 @@ def broken_coco(coco: Path, tmp_path: Path, edit) -> Path:
 
 
 def test_coco_validator_accepts_good_file(coco_ade):
+    from pretrain.data.validate import DatasetError, validate_ade20k, validate_coco_json
+
     coco = coco_ade["coco"]
     summary = validate_coco_json(coco / "annotations" / "instances_train2017.json", coco / "train2017")
     assert summary["images"] == 4 and summary["categories"] == 10 and summary["annotations"] >= 4
@@ -435,6 +439,8 @@ def test_coco_validator_accepts_good_file(coco_ade):
     (lambda d: d.pop("categories"), r"missing or non-list 'categories'"),
 ])
 def test_coco_validator_names_broken_annotation(coco_ade, tmp_path, edit, match):
+    from pretrain.data.validate import DatasetError, validate_ade20k, validate_coco_json
+
     path = broken_coco(coco_ade["coco"], tmp_path, edit)
     with pytest.raises(DatasetError, match=match) as info:
         validate_coco_json(path)
@@ -442,6 +448,8 @@ def test_coco_validator_names_broken_annotation(coco_ade, tmp_path, edit, match)
 
 
 def test_coco_validator_missing_image_file(coco_ade, tmp_path):
+    from pretrain.data.validate import DatasetError, validate_ade20k, validate_coco_json
+
     coco = coco_ade["coco"]
     images = tmp_path / "train2017"
     shutil.copytree(coco / "train2017", images)
@@ -452,6 +460,8 @@ def test_coco_validator_missing_image_file(coco_ade, tmp_path):
 
 
 def test_ade20k_validator(coco_ade, tmp_path):
+    from pretrain.data.validate import DatasetError, validate_ade20k, validate_coco_json
+
     src = coco_ade["ade20k"]
     summary = validate_ade20k(src, num_classes=12)
     assert summary["training"] == 3 and summary["validation"] == 2 and max(summary["label_values"]) <= 12
@@ -614,6 +624,8 @@ def test_dist_timeout_bounds_a_missing_peer(tmp_path):
 
 
 def test_dist_timeout_setting(monkeypatch):
+    from pretrain.engine.distributed import dist_timeout
+
     monkeypatch.delenv("PRETRAIN_DIST_TIMEOUT", raising=False)
     assert dist_timeout().total_seconds() == 1800
     monkeypatch.setenv("PRETRAIN_DIST_TIMEOUT", "45")

@@ -133,6 +133,9 @@ install_registry_sources() {
 }
 
 main() {
+  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    log "torch is not importable with $PY: install torch/torchvision first"; exit 1
+  fi
   if have_d2; then
     log "detectron2 already importable: $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
     install_deps
