@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -282,6 +283,8 @@ def _summary(stage: Stage) -> str:
         m = json.loads(stage.metrics.read_text())
     except (OSError, json.JSONDecodeError):
         return ""
+    if not isinstance(m, dict):
+        return ""
     if stage.name == "pretrain":
         final = m.get("final", {})
         return ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, (int, float)) and k in ("loss", "pos_acc"))
@@ -294,6 +297,12 @@ def _summary(stage: Stage) -> str:
     if stage.name == "position_probe":
         return "; ".join(f"drop {r['drop_ratio']:g}: {100 * r['top1']:.1f}%" for r in m.get("results", []))
     return ""
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of finished child processes (what a stage cost, whatever the load)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | None = None,
@@ -321,9 +330,11 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
     log = run_dir / "logs" / f"{stage.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **stage.env, **(env_extra or {}))
+    env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"[reproduce] {tag}: running (log: {log})", flush=True)
     t0 = time.time()
+    cpu0 = _children_cpu()
     rc: int | str
     with open(log, "w") as f:
         f.write("$ " + stage.shell() + "\n")
@@ -334,6 +345,7 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
             assert proc.stdout is not None
             for line in proc.stdout:
                 f.write(line)
+                f.flush()
                 if verbose:
                     sys.stdout.write(f"  {line}")
                 if timeout is not None and time.time() - t0 > timeout:
@@ -345,15 +357,16 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
             proc.wait()
             raise
     wall = time.time() - t0
+    cpu = _children_cpu() - cpu0
     if timeout is not None and wall > timeout and not stage.metrics.is_file():
         rc = "timeout"
     if rc == 0 and stage.metrics.is_file():
-        record = {"status": "done", "wall_seconds": wall, "metrics": str(stage.metrics)}
-        print(f"[reproduce] {tag}: done in {wall / 60:.1f} min  {_summary(stage)}", flush=True)
+        record = {"status": "done", "wall_seconds": wall, "cpu_seconds": cpu, "metrics": str(stage.metrics)}
+        print(f"[reproduce] {tag}: done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {_summary(stage)}", flush=True)
     else:
         tail = log.read_text().strip().splitlines()[-15:]
         why = f"exit code {rc}" if rc != 0 else f"no {stage.metrics.name} written"
-        record = {"status": "failed", "reason": why, "wall_seconds": wall, "log": str(log)}
+        record = {"status": "failed", "reason": why, "wall_seconds": wall, "cpu_seconds": cpu, "log": str(log)}
         print(f"[reproduce] {tag}: FAILED after {wall / 60:.1f} min ({why}); last lines of {log}:", flush=True)
         for line in tail:
             print(f"    {line}", flush=True)

@@ -38,7 +38,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from detection.checkpointer import ViTDetCheckpointer, summarize_report
+from detection.checkpointer import ViTDetCheckpointer
 from detection.compat import apply_detectron2_shims, has_compiled_ops
 
 logger = logging.getLogger("detectron2")
@@ -158,13 +158,9 @@ def do_train(args: Any, cfg: Any) -> tuple[torch.nn.Module, dict[str, Any], dict
             else None,
         ]
     )
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
-    if checkpointer.load_report and checkpointer.load_report.get("format") == "pretrain-encoder":
-        logger.info(f"Init checkpoint: {summarize_report(checkpointer.load_report)}")
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)  # logs key counts
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
-    trainer.train(start_iter, cfg.train.max_iter)
-    if not last_eval:  # eval_period 0: evaluate once at the end
-        evaluate()
+    trainer.train(start_iter, cfg.train.max_iter)  # EvalHook also evaluates after the last iteration
     return model, last_eval, checkpointer.load_report
 
 

@@ -140,5 +140,4 @@ def default_out_indices(arch: str, depth: int) -> tuple[int, ...]:
     """Last block of each quarter: (3, 5, 7, 11) for ViT-B as in MMSeg, (7, 11, 15, 23) for ViT-L."""
     if arch in DEFAULT_OUT_INDICES and depth == VIT_SIZES[arch]["depth"]:
         return DEFAULT_OUT_INDICES[arch]
-    q = depth // 4
-    return (q - 1, 2 * q - 1, 3 * q - 1, depth - 1)
+    return tuple(max(0, round(depth * k / 4) - 1) for k in (1, 2, 3, 4))

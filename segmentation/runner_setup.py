@@ -2,16 +2,18 @@
 
 What it adds to plain MMEngine: the work dir default, ``--cfg-options``, the
 launcher, a CPU fallback for AMP configs (AmpOptimWrapper needs CUDA: plain
-OptimWrapper is used and the log says so), and the allow-list that lets
-torch>=2.6's weights-only loader read MMEngine's own checkpoints (resume, test).
+OptimWrapper is used and the log says so), and a weights-only loader for
+MMEngine's own checkpoints (resume, test) under torch>=2.6.
 """
 from __future__ import annotations
 
 import os.path as osp
+from typing import Any
+
 import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
-from mmengine.runner import Runner
+from mmengine.runner import CheckpointLoader, Runner
 
 
 def load_config(
@@ -45,34 +47,50 @@ def use_fp32_if_no_cuda(cfg: Config, force_fp32: bool = False) -> str | None:
     return "--no-amp given" if force_fp32 else "CUDA is not available"
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Let torch.load(weights_only=True) read what MMEngine saves beside the weights.
+def _plain(value: Any) -> bool:
+    """True for data a checkpoint may carry without pickled classes: tensors, numbers, text, containers."""
+    if isinstance(value, (torch.Tensor, int, float, str, bool, type(None))):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(_plain(v) for v in value.values())
+    return False
 
-    MMEngine 0.10.7 calls torch.load without weights_only, which torch>=2.6 turns
-    into weights-only loading; its checkpoints also hold the message hub's
-    HistoryBuffer and numpy scalars. These types are data containers, so they
-    are allow-listed instead of turning the safe loader off.
+
+def load_mmengine_checkpoint(filename: str, map_location: Any = None) -> dict[str, Any]:
+    """Read an MMEngine checkpoint with torch's weights-only loader.
+
+    MMEngine 0.10.7 calls ``torch.load`` without ``weights_only``, which torch>=2.6
+    turns into weights-only loading, and its checkpoints pickle the message hub's
+    ``HistoryBuffer`` (whose state needs ``builtins.getattr``) and numpy scalars.
+    Instead of turning the safe loader off, ``pretrain.checkpoints.load_checkpoint_file``
+    replaces those objects by inert placeholders; they are then dropped here (only
+    log smoothing history and the ETA are lost on resume).
     """
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
+    from pretrain.checkpoints import load_checkpoint_file
 
-    allowed = [HistoryBuffer, np.dtype, np.ndarray, np.core.multiarray._reconstruct if hasattr(np, "core") else None]
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
+    ckpt = load_checkpoint_file(filename, map_location=map_location or "cpu")
+    ignored = ckpt.pop("__ignored__", None)
+    hub = ckpt.get("message_hub")
+    if isinstance(hub, dict):
+        for key in ("log_scalars", "runtime_info"):
+            if isinstance(hub.get(key), dict):
+                hub[key] = {k: v for k, v in hub[key].items() if _plain(v)}
+    if ignored:
+        print_log(f"{filename}: skipped pickled non-weight objects ({', '.join(ignored)})", "current")
+    return ckpt
 
-        allowed += [_reconstruct, scalar]
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct, scalar
 
-        allowed += [_reconstruct, scalar]
-    allowed += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    torch.serialization.add_safe_globals([a for a in allowed if a is not None])
+def use_safe_checkpoint_loader() -> None:
+    """Route MMEngine's loading of local checkpoint files (resume, test) through ``load_mmengine_checkpoint``."""
+    CheckpointLoader.register_scheme(prefixes="", loader=load_mmengine_checkpoint, force=True)
 
 
 def build_runner(cfg: Config, train: bool, force_fp32: bool = False) -> Runner:
     """Runner from a resolved config; logs the AMP fallback in the run's log."""
     reason = use_fp32_if_no_cuda(cfg, force_fp32) if train else None
-    allow_mmengine_checkpoints()
+    use_safe_checkpoint_loader()
     runner = Runner.from_cfg(cfg)
     if reason:
         print_log(f"AMP off ({reason}): training with OptimWrapper in fp32", "current")
@@ -81,7 +99,5 @@ def build_runner(cfg: Config, train: bool, force_fp32: bool = False) -> Runner:
 
 def checkpoint_iteration(path: str) -> int:
     """The training iteration an MMEngine checkpoint was saved at (0 if it does not say)."""
-    allow_mmengine_checkpoints()
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    meta = ckpt.get("meta", {}) if isinstance(ckpt, dict) else {}
+    meta = load_mmengine_checkpoint(path).get("meta", {})
     return int(meta.get("iter", 0) or 0)

@@ -25,6 +25,15 @@ if not REF.is_file():  # CI clones the repository with shared/ beside it
     REF = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "reference_keys.json"
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models on a shared, oversubscribed CPU: a second intra-op thread only spin-waits (10x slower)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def reference_state(name: str) -> dict:
     if not REF.is_file():
         pytest.skip("shared/reference/reference_keys.json not available")

@@ -84,7 +84,7 @@ def build_config(args: argparse.Namespace):
     return load_config(args.config or None, overrides)
 
 
-def pretrain_optimizer(model: nn.Module, cfg, device: torch.device) -> tuple[torch.optim.Optimizer, float]:
+def pretrain_optimizer(model: nn.Module, cfg, device: torch.device, fused: bool) -> tuple[torch.optim.Optimizer, float]:
     """The optimizer exactly as ``pretrain.main.run`` builds it (single process)."""
     from pretrain.engine.optim import build_adamw, pretrain_param_groups
 
@@ -94,7 +94,6 @@ def pretrain_optimizer(model: nn.Module, cfg, device: torch.device) -> tuple[tor
         groups = model.param_groups(float(cfg.optim.weight_decay), lr, cfg)
     else:
         groups = pretrain_param_groups(model, float(cfg.optim.weight_decay))
-    fused = bool(cfg.optim.fused) and device.type == "cuda"
     return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), lr
 
 
@@ -107,48 +106,46 @@ def pretrain_input_shape(cfg) -> tuple[int, ...]:
     return (3, s, s) if crops <= 1 else (crops, 3, s, s)
 
 
-class FinetuneStep:
-    """Classification fine-tune step: mixup/cutmix on the device, soft-target cross-entropy.
-
-    The recipe's augmentation on the batch (timm ``Mixup``: mixup 0.8, cutmix 1.0, label
-    smoothing 0.1) and loss; the model is a ViT with average pooling + fc_norm.
-    """
-
-    def __init__(self, device: torch.device, num_classes: int = 1000) -> None:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        self.device = device
-        self.mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=num_classes)
-        self.criterion = SoftTargetCrossEntropy()
-
-    def __call__(self, model: nn.Module, batch):
-        from pretrain.models.method import MethodOutput
-
-        imgs = batch[0].to(self.device, non_blocking=True)
-        targets = batch[1].to(self.device, non_blocking=True)
-        imgs, targets = self.mixup(imgs, targets)
-        loss = self.criterion(model(imgs), targets)
-        return MethodOutput(loss=loss, metrics={"loss": loss.detach()})
-
-
 def build_finetune(args: argparse.Namespace, device: torch.device):
-    """ViT (avg pool, 1000 classes, drop path 0.1) with layer-decay AdamW (fine-tune recipe)."""
-    from timm.optim import param_groups_layer_decay
+    """The classification fine-tune step as ``classification.finetune.run`` builds it.
 
+    ViT with average pooling + fc_norm (``build_classifier``), layer-decay AdamW groups,
+    timm Mixup/CutMix on the device batch and soft-target cross-entropy (the recipe's
+    ``make_step_fn``); random init (weights do not change the cost).
+    """
+    from classification.finetune import build_loss, load_finetune_config, make_step_fn
+    from classification.layer_decay import layer_decay_param_groups
+    from classification.model import build_classifier
     from pretrain.engine.optim import build_adamw
-    from pretrain.models import create_vit
 
-    size, img = args.size or "base", args.img_size or 224
-    model = create_vit(size, img_size=img, patch_size=args.patch_size or 16, num_classes=1000,
-                       global_pool="avg", drop_path_rate=0.1).to(device)
-    batch = args.batch or 64
-    lr = 1e-3 * batch / 256
-    groups = param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=model.no_weight_decay(),
-                                      layer_decay=0.75)
-    optimizer = build_adamw(groups, lr=lr, betas=(0.9, 0.999), fused=device.type == "cuda")
-    info = dict(size=size, img_size=img, patch_size=args.patch_size or 16, batch=batch, lr=lr, clip_grad=None)
-    return model, optimizer, FinetuneStep(device), (3, img, img), info
+    overrides = [f"model.{k}={v}" for k, v in (("size", args.size), ("img_size", args.img_size),
+                                                ("patch_size", args.patch_size)) if v]
+    if args.batch:
+        overrides.append(f"train.batch_size={args.batch}")
+    overrides += [f"train.compile={str(bool(args.compile)).lower()}", f"train.precision={args.precision}"]
+    cfg = load_finetune_config(args.config or None, overrides + list(args.opts))
+    num_classes = int(cfg.model.num_classes or 1000)
+    model = build_classifier(cfg.model.size, num_classes=num_classes, img_size=int(cfg.model.img_size),
+                             patch_size=int(cfg.model.patch_size), global_pool=cfg.model.global_pool,
+                             drop_path=float(cfg.model.drop_path), freeze_pos_embed=bool(cfg.model.freeze_pos_embed),
+                             head_init_std=float(cfg.model.head_init_std)).to(device)
+    batch = int(cfg.train.batch_size)
+    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * batch * int(cfg.train.accum_iter) / 256
+    groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
+    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused_adamw(args, cfg, device))
+    mixup_fn, criterion = build_loss(cfg, num_classes)
+    img = int(cfg.model.img_size)
+    info = dict(size=cfg.model.size, img_size=img, patch_size=int(cfg.model.patch_size), batch=batch, lr=lr,
+                clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, precision_cfg=cfg.train.precision,
+                compile_cfg=bool(cfg.train.compile), num_classes=num_classes)
+    return model, optimizer, make_step_fn(device, mixup_fn, criterion), (3, img, img), info
+
+
+def fused_adamw(args: argparse.Namespace, cfg, device: torch.device) -> bool:
+    """Fused AdamW as the entry points choose it (``optim.fused`` on CUDA only), unless --fused-adamw says."""
+    if args.fused_adamw == "auto":
+        return bool(cfg.optim.fused) and device.type == "cuda"
+    return args.fused_adamw == "on"
 
 
 # --------------------------------------------------------------------------- FLOPs
@@ -272,15 +269,15 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
 
     if args.method == "finetune":
         model, optimizer, step_fn, shape, info = build_finetune(args, device)
-        precision = resolve_precision(args.precision, device)
-        clip, clip_mode, compile_model = None, "global", args.compile
+        precision = resolve_precision(info.pop("precision_cfg"), device)
+        clip, clip_mode, compile_model = info["clip_grad"], info.pop("clip_mode"), info.pop("compile_cfg")
     else:
         from pretrain.main import build_method, make_step_fn, seed_everything
 
         cfg = build_config(args)
         seed_everything(int(cfg.train.seed))
         model = build_method(cfg).to(device)
-        optimizer, lr = pretrain_optimizer(model, cfg, device)
+        optimizer, lr = pretrain_optimizer(model, cfg, device, fused_adamw(args, cfg, device))
         generator = torch.Generator(device=device)
         generator.manual_seed(int(cfg.train.seed) * 1000)
         step_fn = make_step_fn(device, generator)
@@ -304,7 +301,8 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
     labels = torch.randint(0, 1000, (batch,), generator=g)
     if device.type == "cuda":
         imgs, labels = imgs.pin_memory(), labels.pin_memory()
-    info.update(precision=precision, input_shape=list(shape), compile=bool(compile_model))
+    info.update(precision=precision, input_shape=list(shape), compile=bool(compile_model),
+                adamw="fused" if optimizer.defaults.get("fused") else "foreach")
     return model, trainer, (imgs, labels), shape, info
 
 
@@ -370,6 +368,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     load_before = os.getloadavg()[0]
+    import pretrain.main  # noqa: F401  (imports before the baseline RSS)
+    rss_baseline = current_rss_mib()
     model, trainer, batch, shape, info = build_trainer(args, device)
     bsz = info["batch"]
 
@@ -402,6 +402,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "images_per_s": bsz / step_s,
         "peak_memory_mib": peak_mem,
         "memory_kind": mem_kind,
+        "rss_after_imports_mib": rss_baseline if device.type == "cpu" else None,
         "rss_before_steps_mib": rss_before if device.type == "cpu" else None,
         "machine": machine_info(device),
         "load_avg_1m_before": load_before,
@@ -434,13 +435,15 @@ def print_result(r: dict[str, Any]) -> None:
     from tabulate import tabulate
 
     rows = [
-        ("method", f"{r['method']} vit-{r['size']}/{r['patch_size']} @ {r['img_size']} px, batch {r['batch']}"),
+        ("method", f"{r['method']} vit-{r['size']}/{r['patch_size']} @ {r['img_size']} px, batch {r['batch']}"
+                   + (f" x {r['input_shape'][0]} crops" if len(r["input_shape"]) == 4 else "")),
         ("device", f"{r['device']} ({r['machine']['device_name']}, {r['machine']['threads']} threads)"),
-        ("precision / compile", f"{r['precision']} / {r['compile']}"),
+        ("precision / compile / AdamW", f"{r['precision']} / {r['compile']} / {r['adamw']}"),
         ("images/s", f"{r['images_per_s']:.2f}"),
         ("step time (median of %d)" % r["steps"], f"{r['step_s_median'] * 1e3:.1f} ms (min {r['step_s_min'] * 1e3:.1f}, max {r['step_s_max'] * 1e3:.1f})"),
         ("first step / warm-up", f"{r['first_step_s']:.2f} s / {r['warmup_s']:.2f} s"),
-        ("peak memory", f"{r['peak_memory_mib']:.0f} MiB ({r['memory_kind']})"),
+        ("peak memory", f"{r['peak_memory_mib']:.0f} MiB ({r['memory_kind']}"
+                        + (f"; {r['rss_after_imports_mib']:.0f} MiB after imports)" if r.get("rss_after_imports_mib") else ")")),
     ]
     if "train_flops_per_image" in r:
         rows += [
@@ -464,7 +467,7 @@ def print_result(r: dict[str, Any]) -> None:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Training-step benchmark (throughput, memory, FLOPs)")
     p.add_argument("--method", choices=METHODS, default="droppos")
-    p.add_argument("--config", action="append", default=[], help="pretraining recipe YAML (repeatable)")
+    p.add_argument("--config", action="append", default=[], help="recipe YAML (pretraining, or fine-tuning for finetune)")
     p.add_argument("--size", default=None, help="ViT size (default: the recipe's, or base)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the recipe's)")
     p.add_argument("--patch-size", type=int, default=None)
@@ -473,13 +476,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile happens here)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as train.compile=true)")
+    p.add_argument("--fused-adamw", default="auto", choices=("auto", "on", "off"),
+                   help="auto: as training (optim.fused on CUDA); on/off: force (e.g. fused AdamW on CPU)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore count and the peak measurement")
     p.add_argument("--profile", type=int, default=0, help="also profile N steps with torch.profiler")
     p.add_argument("--peak-sizes", default="2048,3072", help="CPU peak: square matmul sizes to try")
     p.add_argument("--json", default=None, help="write the result here")
-    p.add_argument("opts", nargs="*", help="config overrides key=value (pretraining methods)")
+    p.add_argument("opts", nargs="*", help="config overrides key=value")
     return p
 
 

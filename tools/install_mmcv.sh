@@ -60,7 +60,7 @@ else
 fi
 
 # mmcv runtime deps, mmengine, mmseg and what mmseg needs at import time.
-pip_install addict "yapf<=0.40.1" opencv-python-headless \
+pip_install addict "yapf<=0.40.1" opencv-python \
     "mmengine==$MMENGINE_VERSION" "mmsegmentation==$MMSEG_VERSION" \
     ftfy regex prettytable scipy matplotlib
 
