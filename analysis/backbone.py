@@ -161,7 +161,7 @@ def load_backbone(
     state = model_state(ckpt, path)
     method, fmt = _read_method(ckpt, state)
     notes = []
-    if ckpt.get("__ignored__"):
+    if ckpt.get("__ignored__") and fmt != "ours":
         notes.append(f"ignored pickled objects: {', '.join(ckpt['__ignored__'])}")
     encoder = encoder_state_dict(state, path)
     flat = {k[len(ENCODER_PREFIX):] if k.startswith(ENCODER_PREFIX) else k: v for k, v in state.items()}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -201,7 +202,9 @@ def droppos_from_checkpoint(path: str | Path, backbone: LoadedBackbone) -> "torc
 
     from pretrain.models import DropPos
 
-    ckpt = load_checkpoint_file(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pickled RNG states and the like: not weights, reported by load_backbone
+        ckpt = load_checkpoint_file(path)
     state = model_state(ckpt, path)
     if "decoder_pred.weight" not in state or ("mask_pos_token" not in state and "encoder.mask_pos_token" not in state):
         return None

@@ -437,7 +437,7 @@ def write_report(out: Path, profile: str, stages: list[Stage], records: dict[tup
     lines += ["", "## Results", ""]
     try:
         md, _ = build_tables([out / m for m in methods if (out / m).is_dir()], out / "report")
-        lines.append(md.replace("### ", "### "))
+        lines.append(md)
     except MetricsError as exc:
         lines.append(f"Tables not built: {exc}")
     if pictures_made:

@@ -22,6 +22,9 @@ from pretrain.engine import distributed as du
 from pretrain.engine.trainer import Trainer, TrainState
 
 
+VAL_KEYS = {"loss": "val_loss", "count": "val_count"}  # names in the history next to the epoch's train stats
+
+
 class EvalTrainer(Trainer):
     """Trainer that evaluates every ``eval_every`` epochs (and after the last one).
 
@@ -74,7 +77,7 @@ class EvalTrainer(Trainer):
             if st.epoch % self.eval_every == 0 or st.epoch == cfg.epochs:
                 previous_best = self.best_top1
                 stats = self.evaluate_now()
-                st.history[-1].update(stats)
+                st.history[-1].update({VAL_KEYS.get(k, k): v for k, v in stats.items()})  # keep the train loss
                 if previous_best is None or stats["top1"] > previous_best:
                     self._save_best(stats)
             self.save()

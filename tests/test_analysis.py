@@ -143,18 +143,18 @@ def trained_droppos(tmp_path_factory, small_builtin):
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(0)
     step = 0
-    while step < 240:
+    while step < 200:
         for x, _ in loader:
             loss = model(x, generator=gen).loss
             opt.zero_grad()
             loss.backward()
             opt.step()
             step += 1
-            if step == 240:
+            if step == 200:
                 break
-    save_ours(model.eval(), out / "checkpoint-00000240.pth")
+    save_ours(model.eval(), out / "checkpoint-00000200.pth")
     torch.set_num_threads(before)
-    return {"init": out / "init.pth", "trained": out / "checkpoint-00000240.pth", "data": small_builtin}
+    return {"init": out / "init.pth", "trained": out / "checkpoint-00000200.pth", "data": small_builtin}
 
 
 def test_probe_well_above_chance_for_trained_droppos(trained_droppos, tmp_path):

@@ -47,7 +47,8 @@ def test_gpu_peak_lookup():
     assert benchmark.gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4)
     assert benchmark.gpu_peak_tflops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756.0)
     assert benchmark.gpu_peak_tflops("NVIDIA H200", "bf16") == pytest.approx(989.4)
-    assert benchmark.gpu_peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == pytest.approx(156.0)
+    assert benchmark.gpu_peak_tflops("NVIDIA A100-SXM4-80GB", benchmark.gpu_peak_kind("fp32", tf32=True)) == pytest.approx(156.0)
+    assert benchmark.gpu_peak_tflops("NVIDIA A100-SXM4-80GB", benchmark.gpu_peak_kind("fp32", tf32=False)) == pytest.approx(19.5)
     assert benchmark.gpu_peak_tflops("Some Unknown GPU", "bf16") is None
 
 

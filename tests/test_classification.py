@@ -303,7 +303,7 @@ def test_linear_probe_cached_and_augmented(small_builtin, tmp_path):
     out = tmp_path / "cached"
     cfg = load_probe_config("linear_probe_vit_tiny_builtin.yaml", tiny_opts(
         small_builtin, out, f"checkpoint={tmp_path / 'backbone.pth'}", "train.epochs=4", "train.eval_every=2",
-        "train.batch_size=30", "optim.warmup_epochs=1"))
+        "train.batch_size=30", "optim.warmup_epochs=1", "optim.lr=10.0"))
     metrics = probe_run(cfg)
     assert metrics["task"] == "linear_probe" and metrics["cache_features"] and metrics["epochs"] == 4
     assert [("top1" in h) for h in metrics["history"]] == [False, True, False, True]

@@ -45,23 +45,22 @@ METHODS = ("droppos", "mae", "adpe", "finetune")
 # Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendor datasheets, matched by
 # device-name substring (first match wins, so specific names come first).
 GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0}),
-    ("H100 NVL", {"bf16": 835.0, "tf32": 417.5}),
-    ("H100", {"bf16": 989.4, "tf32": 494.7}),  # SXM
-    ("H200", {"bf16": 989.4, "tf32": 494.7}),
-    ("GH200", {"bf16": 989.4, "tf32": 494.7}),
-    ("B200", {"bf16": 2250.0, "tf32": 1100.0}),
-    ("A100", {"bf16": 312.0, "tf32": 156.0}),
-    ("A800", {"bf16": 312.0, "tf32": 156.0}),
-    ("L40S", {"bf16": 362.05, "tf32": 183.0}),
-    ("L40", {"bf16": 181.0, "tf32": 90.5}),
-    ("L4", {"bf16": 121.0, "tf32": 60.0}),
-    ("A10G", {"bf16": 70.0, "tf32": 35.0}),
-    ("A10", {"bf16": 125.0, "tf32": 62.5}),
-    ("A6000", {"bf16": 154.8, "tf32": 77.4}),
-    ("4090", {"bf16": 165.2, "tf32": 82.6}),
-    ("3090", {"bf16": 71.0, "tf32": 35.6}),
-    ("V100", {"bf16": 125.0, "tf32": 15.7}),  # no bf16 tensor cores: fp16 peak; fp32 without TF32
+    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
+    ("H100 NVL", {"bf16": 835.0, "tf32": 417.5, "fp32": 60.0}),
+    ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
+    ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("GH200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
+    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("A800", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
+    ("L40S", {"bf16": 362.05, "tf32": 183.0, "fp32": 91.6}),
+    ("L40", {"bf16": 181.0, "tf32": 90.5, "fp32": 90.5}),
+    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
+    ("A10G", {"bf16": 70.0, "tf32": 35.0, "fp32": 31.2}),
+    ("A10", {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2}),
+    ("A6000", {"bf16": 154.8, "tf32": 77.4, "fp32": 38.7}),
+    ("4090", {"bf16": 165.2, "tf32": 82.6, "fp32": 82.6}),
+    ("3090", {"bf16": 71.0, "tf32": 35.6, "fp32": 35.6}),
+    ("V100", {"bf16": 125.0, "tf32": 15.7, "fp32": 15.7}),  # no bf16 tensor cores: the fp16 peak
 ]
 
 
@@ -213,11 +212,18 @@ def training_flops(method: str, model: nn.Module, sample_shape: tuple[int, ...],
 
 
 # --------------------------------------------------------------------------- peaks
-def gpu_peak_tflops(name: str, precision: str) -> float | None:
-    key = "bf16" if precision in ("bf16", "fp16") else "tf32"
+def gpu_peak_kind(precision: str, tf32: bool) -> str:
+    """Which datasheet peak applies: bf16 (also fp16) tensor cores, TF32 tensor cores or plain fp32."""
+    if precision in ("bf16", "fp16"):
+        return "bf16"
+    return "tf32" if tf32 else "fp32"
+
+
+def gpu_peak_tflops(name: str, kind: str) -> float | None:
+    """Datasheet dense peak (TFLOP/s) of a GPU by name for ``kind`` ('bf16', 'tf32', 'fp32')."""
     for sub, peaks in GPU_PEAK_TFLOPS:
         if sub.lower() in name.lower():
-            return peaks[key]
+            return peaks[kind]
     return None
 
 
@@ -364,9 +370,6 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.threads:
         torch.set_num_threads(args.threads)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     load_before = os.getloadavg()[0]
     import pretrain.main  # noqa: F401  (imports before the baseline RSS)
     rss_baseline = current_rss_mib()
@@ -413,10 +416,10 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         achieved = flops["train_flops_per_image"] * result["images_per_s"]
         result["achieved_tflops"] = achieved / 1e12
         if device.type == "cuda":
-            peak = gpu_peak_tflops(result["machine"]["device_name"], info["precision"])
+            kind = gpu_peak_kind(info["precision"], torch.backends.cuda.matmul.allow_tf32)
+            peak = gpu_peak_tflops(result["machine"]["device_name"], kind)
             result["peak_tflops"] = peak
-            result["peak_kind"] = ("datasheet dense " + ("bf16" if info["precision"] in ("bf16", "fp16") else "tf32")
-                                   if peak else "unknown device: no datasheet peak")
+            result["peak_kind"] = f"datasheet dense {kind}" if peak else "unknown device: no datasheet peak"
         else:
             dtype = torch.bfloat16 if info["precision"] == "bf16" else torch.float32
             mm = measured_matmul_tflops(dtype, tuple(int(n) for n in args.peak_sizes.split(",")))
