@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -93,8 +94,14 @@ def _compress(keys: list[str]) -> list[str]:
 
 
 def read_pretrained(path: str | os.PathLike) -> PretrainedEncoder:
-    """Read any supported checkpoint file and keep its timm-named encoder weights."""
-    ckpt = load_checkpoint_file(path)
+    """Read any supported checkpoint file and keep its timm-named encoder weights.
+
+    Pickled non-tensor objects (the reference's argparse Namespace) are skipped safely;
+    they are listed in the report rather than warned about.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ignored pickled objects.*")
+        ckpt = load_checkpoint_file(path)
     full = model_state(ckpt, path)
     fmt = detect_format(full)
     enc = encoder_state_dict(full, path)

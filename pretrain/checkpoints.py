@@ -162,7 +162,8 @@ def to_method_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Reference flat keys -> this suite's method layout (encoder keys under ``encoder.``)."""
     if any(k.startswith(ENCODER_PREFIX) for k in state):
         return dict(state)
-    return {(ENCODER_PREFIX + k if is_encoder_key(k) else k): v for k, v in state.items()}
+    # block-level adversarial parts (AdPE rpe_k.adv_*) live inside encoder blocks
+    return {(ENCODER_PREFIX + k if (is_encoder_key(k) or k.startswith("blocks.")) else k): v for k, v in state.items()}
 
 
 def to_reference_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

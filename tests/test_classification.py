@@ -13,7 +13,7 @@ from classification.finetune import build_loss, load_finetune_config, main as fi
 from classification.layer_decay import layer_decay_param_groups, lr_scale_of
 from classification.linear_probe import build_probe_optimizer, load_probe_config, run as probe_run
 from classification.load import load_pretrained, read_pretrained
-from classification.model import build_classifier, needs_rel_pos, rel_pos_available
+from classification.model import build_classifier, needs_rel_pos
 from classification.runs import use_rel_pos
 from pretrain.checkpoints import CheckpointError, atomic_torch_save
 from pretrain.engine.config import ConfigError
@@ -149,8 +149,8 @@ def test_reference_checkpoint_leaves_only_head_new(tmp_path, vit_base_avg):
     state = reference_state("droppos:DropPos_mae_vit_base_patch16_dec512d2b")
     path = tmp_path / "droppos_ref.pth"
     save_reference_style(state, path)
-    with pytest.warns(UserWarning, match="argparse.Namespace"):
-        pretrained = read_pretrained(path)
+    pretrained = read_pretrained(path)
+    assert "argparse.Namespace" in pretrained.ignored_objects
     assert pretrained.format == "droppos" and "mask_pos_token" in pretrained.dropped
     assert any(k.startswith("decoder_") for k in pretrained.dropped)
 
@@ -175,8 +175,7 @@ def test_mae_and_adpe_reference_formats_load(tmp_path, vit_base_avg, name):
     state = reference_state(name)
     path = tmp_path / "ref.pth"
     save_reference_style(state, path)
-    with pytest.warns(UserWarning):
-        pretrained = read_pretrained(path)
+    pretrained = read_pretrained(path)
     report = load_pretrained(vit_base_avg, pretrained)
     assert report.new == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert len(report.loaded) == 4 + 12 * 12  # cls, pos, patch proj weight + bias, 12 tensors per block
@@ -191,22 +190,51 @@ def test_cls_token_pooling_loads_the_final_norm(tmp_path):
     torch.testing.assert_close(model.state_dict()["norm.weight"], enc["norm.weight"])
 
 
-def test_relative_position_backbone_needs_rel_pos_attention(tmp_path):
-    enc = create_vit("tiny", img_size=32, patch_size=8).state_dict()
-    enc["blocks.0.attn.rpe_k.lookup_table_weight"] = torch.zeros(1, 64, 50)
-    path = tmp_path / "adpe_rpe.pth"
-    torch.save({"model": enc}, path)
-    pretrained = read_pretrained(path)
-    assert needs_rel_pos(pretrained.state)
-    cfg = load_finetune_config("finetune_vit_tiny_builtin.yaml", [f"checkpoint={path}"])
+def test_relative_position_backbone_builds_rel_pos_attention(tmp_path, monkeypatch):
+    src = create_vit("tiny", img_size=32, patch_size=8, rel_pos=True)
+    enc = {k: torch.randn_like(v) for k, v in src.state_dict().items()}
+    enc["blocks.0.attn.rpe_k.adv_token"] = torch.zeros(1, 64, 1)  # AdPE adversary: dropped on load
+    torch.save({"model": enc}, tmp_path / "adpe_rpe.pth")
+    pretrained = read_pretrained(tmp_path / "adpe_rpe.pth")
+    assert needs_rel_pos(pretrained.state) and pretrained.format == "adpe"
+    cfg = load_finetune_config("finetune_vit_tiny_builtin.yaml", [f"checkpoint={tmp_path / 'adpe_rpe.pth'}"])
     assert use_rel_pos(cfg, pretrained)
     assert not use_rel_pos(load_finetune_config("finetune_vit_tiny_builtin.yaml", ["model.rel_pos=false"]), pretrained)
-    if rel_pos_available():
-        model = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, rel_pos=True)
-        assert any(".attn.rpe_k." in k for k in model.state_dict())
-    else:
-        with pytest.raises(NotImplementedError, match="relative position attention"):
-            build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, rel_pos=True)
+    model = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, rel_pos=True)
+    report = load_pretrained(model, pretrained)
+    assert report.new == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert "blocks.0.attn.rpe_k.adv_token" in pretrained.dropped
+    key = "blocks.5.attn.rpe_k.lookup_table_weight"
+    torch.testing.assert_close(model.state_dict()[key], enc[key])
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    plain = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8)
+    with pytest.raises(CheckpointError, match="rpe_k"):  # a plain ViT cannot take the tables
+        load_pretrained(plain, pretrained)
+    monkeypatch.setattr("classification.model.rel_pos_available", lambda: False)
+    with pytest.raises(NotImplementedError, match="relative position attention"):
+        build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, rel_pos=True)
+
+
+@pytest.mark.parametrize("name", ["adpe_rpe_adv1:adpe_vit_base_patch16_dec512d8b", "adpe_rpe_adv2:adpe_vit_base_patch16_dec512d8b"])
+def test_adpe_relative_pe_reference_formats_load(tmp_path, name):
+    state = reference_state(name)
+    save_reference_style(state, tmp_path / "ref.pth")
+    pretrained = read_pretrained(tmp_path / "ref.pth")
+    cfg = load_finetune_config("finetune_vit_base_relpos.yaml", [f"checkpoint={tmp_path / 'ref.pth'}", "model.rel_pos=null"])
+    assert use_rel_pos(cfg, pretrained)
+    report = load_pretrained(rel_pos_vit_base(), pretrained)
+    assert report.new == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert sum(".rpe_k.lookup_table_weight" in k for k in report.loaded) == 12
+
+
+_REL_POS_BASE = []
+
+
+def rel_pos_vit_base():
+    """One relative-position ViT-B/16 classifier shared by the AdPE rel-PE format tests."""
+    if not _REL_POS_BASE:
+        _REL_POS_BASE.append(build_classifier("base", num_classes=10, global_pool="avg", rel_pos=True))
+    return _REL_POS_BASE[0]
 
 
 def test_pos_embed_resized_keeps_cls_row(tmp_path):

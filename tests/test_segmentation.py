@@ -37,7 +37,7 @@ register_all_modules(init_default_scope=True)
 CONFIGS = ROOT / "segmentation" / "configs"
 BASE_CFG = CONFIGS / "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"
 LARGE_CFG = CONFIGS / "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py"
-TINY_CFG = CONFIGS / "upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py"
+TINY_CFG = CONFIGS / "upernet_vit-tiny_1xb8-300it_builtin-ade-128x128.py"
 REFERENCE_KEYS = Path("/work/shared/reference/reference_keys.json")
 
 

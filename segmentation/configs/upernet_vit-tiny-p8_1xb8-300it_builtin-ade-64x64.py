@@ -1,0 +1,31 @@
+# The CPU recipe for a tiny *pretrained* backbone: the suite's tiny pretraining configs
+# (pretrain/configs/*_vit_tiny_builtin.yaml) train ViT-Tiny, 12 blocks, patch 8, at 64 px,
+# so this variant uses that encoder at 64 px crops (8x8 grid, stride 8). Rescales
+# [2, 1, 0.5, 0.25] turn the stride-8 maps into strides 4, 8, 16, 32 as in the full recipe.
+#   python segmentation/train.py THIS_CONFIG --checkpoint outputs/demo/droppos_vit_tiny/checkpoint.pth
+_base_ = './upernet_vit-tiny_1xb8-300it_builtin-ade-128x128.py'
+crop_size = (64, 64)
+model = dict(
+    data_preprocessor=dict(size=crop_size),
+    backbone=dict(depth=12, patch_size=8, img_size=64, out_indices=(2, 5, 8, 11)),
+    neck=dict(rescales=[2, 1, 0.5, 0.25]),
+    test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='RandomResize', scale=(256, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
+    dict(type='RandomFlip', prob=0.5),
+    dict(type='PhotoMetricDistortion'),
+    dict(type='PackSegInputs'),
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(256, 64), keep_ratio=True),
+    dict(type='LoadAnnotations', reduce_zero_label=True),
+    dict(type='PackSegInputs'),
+]
+train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, decay_rate=0.75))
