@@ -38,6 +38,10 @@ class BadImageError(RuntimeError):
     def __init__(self, path: str | Path, reason: object) -> None:
         super().__init__(f"cannot read image file {path}: {reason}")
         self.path = str(path)
+        self.reason = str(reason)
+
+    def __reduce__(self):  # survives the trip from a DataLoader worker
+        return (type(self), (self.path, self.reason))
 
 
 def read_bytes(path: str | Path) -> bytearray:
