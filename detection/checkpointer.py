@@ -12,7 +12,6 @@ shape mismatch. Counts of loaded / new / unused keys are logged and kept in
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
@@ -25,8 +24,6 @@ BACKBONE_PREFIX = "backbone.net."
 DETECTRON2_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.", "pixel_mean", "pixel_std")
 # Encoder keys a ViTDet backbone has no place for.
 UNUSED_ENCODER_KEYS = ("cls_token", "norm.weight", "norm.bias")
-
-logger = logging.getLogger(__name__)
 
 
 def is_detectron2_state(state: dict[str, Any]) -> bool:

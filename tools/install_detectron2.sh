@@ -47,8 +47,6 @@ D2_DEPS=(
 
 log() { echo "[install_detectron2] $*" >&2; }
 
-have_d2() { "$PY" -c "import detectron2" >/dev/null 2>&1; }
-
 deps_ok() {
   "$PY" - <<'EOF' >/dev/null 2>&1
 import fvcore, iopath, pycocotools, omegaconf, cloudpickle, tabulate, termcolor, yacs, shapely
@@ -70,8 +68,10 @@ official_reachable() {
 }
 
 install_official() {
+  # --no-deps: the same dependency set as route 3 (Detectron2's own list would add hydra-core,
+  # which caps omegaconf below 2.4, and black 21.4b2; neither is needed here).
   log "official source install from $OFFICIAL_REPO (builds C++ ops)"
-  "$PY" -m pip install --no-build-isolation "git+${OFFICIAL_REPO}"
+  "$PY" -m pip install --no-build-isolation --no-deps "git+${OFFICIAL_REPO}"
 }
 
 # Fetch the sdist into $CACHE. pip is tried first; recent pip refuses to finish a
@@ -133,13 +133,14 @@ install_registry_sources() {
 }
 
 main() {
-  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    log "torch is not importable with $PY: install torch/torchvision first"; exit 1
-  fi
-  if have_d2; then
-    log "detectron2 already importable: $("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))')"
+  local info
+  if info="$("$PY" -c 'import detectron2, os; print(detectron2.__version__, os.path.dirname(detectron2.__file__))' 2>/dev/null)"; then
+    log "detectron2 already importable: $info"
     install_deps
     return 0
+  fi
+  if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+    log "torch is not importable with $PY: install torch/torchvision first"; exit 1
   fi
   case "$D2_ROUTE" in
     official) install_official ;;
