@@ -127,7 +127,8 @@ def image_dataset(cfg: DictConfig, split: str, transform) -> Dataset:
 
 def eval_dataset(cfg: DictConfig, split: str | None = None) -> Dataset:
     """Evaluation split with the reference eval transform (Resize size / crop_pct, CenterCrop, bicubic)."""
-    return image_dataset(cfg, split or cfg.data.val_split, build_eval_transform(int(cfg.model.img_size), crop_pct=float(cfg.data.crop_pct)))
+    transform = build_eval_transform(int(cfg.model.img_size), crop_pct=float(cfg.data.crop_pct))
+    return image_dataset(cfg, split or cfg.data.val_split, transform)
 
 
 def train_loader(
@@ -139,7 +140,8 @@ def train_loader(
     keyed_only: bool = False,
 ) -> tuple[DataLoader, ResumableSampler]:
     """Shuffled, resumable, per-sample seeded training loader (drop_last, DDP-sharded)."""
-    sampler = ResumableSampler(dataset, num_replicas=du.get_world_size(), rank=du.get_rank(), shuffle=True, seed=seed, drop_last=True)
+    sampler = ResumableSampler(dataset, num_replicas=du.get_world_size(), rank=du.get_rank(), shuffle=True, seed=seed,
+                               drop_last=True)
     wrapped = KeyedDataset(dataset) if keyed_only else FullySeededDataset(dataset, seed=seed)
     loader = DataLoader(
         wrapped,

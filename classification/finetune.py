@@ -3,7 +3,8 @@
 Single process:   python -m classification.finetune --config classification/configs/finetune_vit_tiny_builtin.yaml \
                       checkpoint=outputs/pretrain/backbone.pth
 Multi GPU/node:   torchrun --nproc_per_node 8 -m classification.finetune \
-                      --config classification/configs/finetune_vit_base_100ep.yaml checkpoint=... data.path=/data/imagenet
+                      --config classification/configs/finetune_vit_base_100ep.yaml \
+                      checkpoint=... data.path=/data/imagenet
 In process:       classification.finetune.run(load_finetune_config("finetune_vit_tiny_builtin", [...]))
 
 Recipe: timm RandAugment + random erasing, Mixup / CutMix with soft-target
@@ -33,12 +34,31 @@ from pretrain.engine.optim import build_adamw
 from pretrain.engine.trainer import resolve_precision
 from pretrain.models.method import MethodOutput
 
-from .data import build_train_transform, ensure_builtin, eval_dataset, eval_loader, image_dataset, num_classes_of, train_loader
+from .data import (
+    build_train_transform,
+    ensure_builtin,
+    eval_dataset,
+    eval_loader,
+    image_dataset,
+    num_classes_of,
+    train_loader,
+)
 from .evaluate import evaluate
 from .layer_decay import layer_decay_param_groups
 from .loop import EvalTrainer, seed_everything
 from .model import build_classifier
-from .runs import arch_name, cli, finish_metrics, loop_config, read_checkpoint, report_load, resume_trainer, use_rel_pos, validate_common
+from .runs import (
+    arch_name,
+    cli,
+    finish_metrics,
+    loop_config,
+    read_checkpoint,
+    report_load,
+    resume_trainer,
+    stopped_message,
+    use_rel_pos,
+    validate_common,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FINETUNE_DEFAULT = CONFIG_DIR / "finetune_default.yaml"
@@ -148,7 +168,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
     lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
     groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused) and device.type == "cuda")
+    fused = bool(cfg.optim.fused) and device.type == "cuda"
+    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused)
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     mixup_fn, criterion = build_loss(cfg, num_classes)
@@ -158,21 +179,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         ema = ModelEmaV3(model, decay=float(cfg.ema.decay), use_warmup=bool(cfg.ema.warmup))
     if du.is_main_process():
-        print(f"[finetune] {arch_name(cfg)} classes={num_classes} train={len(train_set)} val={len(val_set)} world={world} "
+        print(f"[finetune] {arch_name(cfg)} classes={num_classes} train={len(train_set)} val={len(val_set)} "
+              f"world={world} "
               f"total_batch={total_batch} lr={lr:.3g} layer_decay={cfg.optim.layer_decay} precision={precision} "
               f"device={device} checkpoint={cfg.checkpoint}", flush=True)
 
     manager = CheckpointManager(out_dir, keep=int(cfg.train.keep_checkpoints))
     ddp_model = model
     if world > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        ids = [local_rank] if device.type == "cuda" else None
+        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     run_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
     logger = RunLogger(out_dir, enabled=du.is_main_process(), tensorboard=bool(cfg.train.tensorboard))
 
     def evaluate_all() -> dict[str, float]:
         stats = evaluate(model, val_loader, device, precision)
         if ema is not None:
-            stats.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_loader, device, precision).items() if k != "count"})
+            ema_stats = evaluate(ema.module, val_loader, device, precision)
+            stats.update({f"ema_{k}": v for k, v in ema_stats.items() if k != "count"})
         return stats
 
     def extra_state() -> dict[str, Any]:
@@ -213,8 +237,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "best_checkpoint": str(out_dir / "best.pth"),
         })
     except NonFiniteLossError as exc:
-        last = manager.list()
-        raise NonFiniteLossError(f"{exc}; stopped without saving: the last good checkpoint is {last[0] if last else '(none yet)'}") from None
+        raise NonFiniteLossError(stopped_message(exc, manager)) from None
     finally:
         logger.close()
     du.barrier()

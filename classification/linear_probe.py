@@ -1,6 +1,7 @@
 """Linear probing of a frozen pretrained ViT (MAE protocol) on an ImageFolder.
 
-Single process:   python -m classification.linear_probe --config classification/configs/linear_probe_vit_tiny_builtin.yaml \
+Single process:   python -m classification.linear_probe \
+                      --config classification/configs/linear_probe_vit_tiny_builtin.yaml \
                       checkpoint=outputs/pretrain/backbone.pth
 Multi GPU/node:   torchrun --nproc_per_node 8 -m classification.linear_probe \
                       --config classification/configs/linear_probe_vit_base.yaml checkpoint=... data.path=/data/imagenet
@@ -44,7 +45,18 @@ from .data import ensure_builtin, eval_dataset, eval_loader, image_dataset, num_
 from .evaluate import evaluate
 from .loop import EvalTrainer, seed_everything
 from .model import FrozenProbe, ProbeHead, build_classifier, encoder_features
-from .runs import arch_name, cli, finish_metrics, loop_config, read_checkpoint, report_load, resume_trainer, use_rel_pos, validate_common
+from .runs import (
+    arch_name,
+    cli,
+    finish_metrics,
+    loop_config,
+    read_checkpoint,
+    report_load,
+    resume_trainer,
+    stopped_message,
+    use_rel_pos,
+    validate_common,
+)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROBE_DEFAULT = CONFIG_DIR / "linear_probe_default.yaml"
@@ -89,7 +101,10 @@ def extract_features(
     device: torch.device,
     precision: str,
 ) -> TensorDataset:
-    """Encode every image once (each rank its share, then gathered): TensorDataset(features [N, D] fp32 CPU, labels [N])."""
+    """Encode every image once (each rank its share, then gathered).
+
+    Returns TensorDataset(features [N, D] float32 on the CPU, labels [N]) in dataset order.
+    """
     loader = eval_loader(dataset, batch_size, workers, device)
     feats, labels = [], []
     for images, target in loader:
@@ -181,7 +196,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if du.is_main_process():
             print(f"[linear_probe] cached features: train {tuple(train_set.tensors[0].shape)}, "
                   f"val {tuple(val_set.tensors[0].shape)} in {t_feat:.1f}s", flush=True)
-        loader, sampler = train_loader(train_set, int(cfg.train.batch_size), int(cfg.train.seed), 0, device, keyed_only=True)
+        loader, sampler = train_loader(train_set, int(cfg.train.batch_size), int(cfg.train.seed), 0, device,
+                                       keyed_only=True)
         val_loader = eval_loader(val_set, int(cfg.train.eval_batch_size), 0, device)
         eval_model: nn.Module = head
         step_encoder = None
@@ -196,18 +212,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
     optimizer = build_probe_optimizer(head, cfg, lr)
     if du.is_main_process():
-        print(f"[linear_probe] {arch_name(cfg)} pool={cfg.model.global_pool} classes={num_classes} train={len(train_images)} "
+        print(f"[linear_probe] {arch_name(cfg)} pool={cfg.model.global_pool} classes={num_classes} "
+              f"train={len(train_images)} "
               f"val={len(val_images)} cached={cached} world={world} total_batch={total_batch} lr={lr:.3g} "
               f"optim={cfg.optim.name} precision={precision} device={device} checkpoint={cfg.checkpoint}", flush=True)
 
     manager = CheckpointManager(out_dir, keep=int(cfg.train.keep_checkpoints))
     run_head = head
     if world > 1:
-        run_head = torch.nn.parallel.DistributedDataParallel(head, device_ids=[local_rank] if device.type == "cuda" else None)
+        ids = [local_rank] if device.type == "cuda" else None
+        run_head = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
     logger = RunLogger(out_dir, enabled=du.is_main_process(), tensorboard=bool(cfg.train.tensorboard))
     trainer = EvalTrainer(
-        run_head, optimizer, loader, sampler, make_step_fn(device, step_encoder), loop_config(cfg, lr), device, precision,
-        manager, logger,
+        run_head, optimizer, loader, sampler, make_step_fn(device, step_encoder), loop_config(cfg, lr), device,
+        precision, manager, logger,
         extra_state=lambda: {"config": OmegaConf.to_container(cfg, resolve=True), "task": "linear_probe"},
         evaluate=lambda: evaluate(eval_model, val_loader, device, precision),
         eval_every=int(cfg.train.eval_every),
@@ -234,8 +252,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "best_checkpoint": str(out_dir / "best.pth"),
         })
     except NonFiniteLossError as exc:
-        last = manager.list()
-        raise NonFiniteLossError(f"{exc}; stopped without saving: the last good checkpoint is {last[0] if last else '(none yet)'}") from None
+        raise NonFiniteLossError(stopped_message(exc, manager)) from None
     finally:
         logger.close()
     du.barrier()

@@ -144,7 +144,8 @@ def load_pretrained(model: nn.Module, pretrained: PretrainedEncoder | str | os.P
         old_grid = _grid_of(pe.shape[1] - 1, src)
         new_grid = tuple(model.patch_embed.grid_size)
         state["pos_embed"] = resize_pos_embed(pe, new_grid, num_prefix_tokens=1, old_grid=old_grid)
-        resized["pos_embed"] = f"grid {old_grid[0]}x{old_grid[1]} -> {new_grid[0]}x{new_grid[1]} (bicubic, cls row kept)"
+        resized["pos_embed"] = (f"grid {old_grid[0]}x{old_grid[1]} -> {new_grid[0]}x{new_grid[1]} "
+                                "(bicubic, cls row kept)")
 
     if isinstance(getattr(model, "norm", None), nn.Identity):
         for k in [k for k in state if k.startswith("norm.")]:

@@ -86,8 +86,8 @@ class EvalTrainer(Trainer):
     def _save_best(self, stats: dict[str, float]) -> None:
         if self.best_path is None or not du.is_main_process():
             return
-        atomic_torch_save({**self.best_state(), "epoch": self.state.epoch, "top1": stats["top1"], "top5": stats["top5"]},
-                          self.best_path)
+        scores = {"epoch": self.state.epoch, "top1": stats["top1"], "top5": stats["top5"]}
+        atomic_torch_save({**self.best_state(), **scores}, self.best_path)
 
 
 def seed_everything(seed: int) -> None:

@@ -14,6 +14,7 @@ Backbones whose checkpoints hold AdPE's contextual relative position tables
 """
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from typing import Iterable
 
@@ -33,11 +34,10 @@ def needs_rel_pos(keys: Iterable[str]) -> bool:
 
 def rel_pos_available() -> bool:
     """Whether ``create_vit`` can build relative-position attention (``pretrain/models/relpos.py``)."""
-    try:
-        import pretrain.models.relpos  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("pretrain.models.relpos") is None:
         return False
-    params = set(inspect.signature(create_vit).parameters) | set(inspect.signature(VisionTransformer.__init__).parameters)
+    params = set(inspect.signature(create_vit).parameters)
+    params |= set(inspect.signature(VisionTransformer.__init__).parameters)
     return "rel_pos" in params
 
 
@@ -121,6 +121,12 @@ class FrozenProbe(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.head = head
+
+    def train(self, mode: bool = True) -> "FrozenProbe":
+        """Only the head switches modes; the frozen encoder always runs in eval mode."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -72,7 +72,13 @@ def arch_name(cfg: DictConfig) -> str:
     return f"vit_{cfg.model.size}_patch{cfg.model.patch_size}_{cfg.model.img_size}"
 
 
-def resume_trainer(cfg: DictConfig, trainer: EvalTrainer, manager: CheckpointManager, tag: str, on_load=None) -> Path | None:
+def resume_trainer(
+    cfg: DictConfig,
+    trainer: EvalTrainer,
+    manager: CheckpointManager,
+    tag: str,
+    on_load=None,
+) -> Path | None:
     """Resume from train.resume (auto = newest good checkpoint of the run dir)."""
     if cfg.train.resume in (None, "none", ""):
         return None
@@ -107,7 +113,19 @@ def loop_config(cfg: DictConfig, lr: float) -> LoopConfig:
     )
 
 
-def finish_metrics(cfg: DictConfig, task: str, trainer: EvalTrainer, out_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+def stopped_message(exc: Exception, manager: CheckpointManager) -> str:
+    """A non-finite loss stopped the run: say which checkpoint is the last good one."""
+    last = manager.list()
+    return f"{exc}; stopped without saving: the last good checkpoint is {last[0] if last else '(none yet)'}"
+
+
+def finish_metrics(
+    cfg: DictConfig,
+    task: str,
+    trainer: EvalTrainer,
+    out_dir: Path,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     """Evaluate once more if the run stopped before any evaluation; write classification_metrics.json."""
     history = trainer.state.history
     last, best = final_scores(history)

@@ -106,9 +106,6 @@ class DropPosViT(VisionTransformer):
         self.load_report = report
         self.is_init = True  # MMEngine must not initialise it again
 
-    def no_weight_decay(self) -> set[str]:
-        return {"pos_embed", "cls_token"}
-
     # ---------------------------------------------------------------- forward
     def rel_pos_index(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Cached ``relative_position_index(grid)`` on ``device`` (shared by all blocks)."""
@@ -118,7 +115,10 @@ class DropPosViT(VisionTransformer):
         return self._index_cache[key]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        """Images [B, 3, H, W] -> one [B, D, ceil(H/p), ceil(W/p)] map per out index."""
+        """Images [B, 3, H, W] -> one [B, D, ceil(H/p), ceil(W/p)] map per out index.
+
+        Blocks after the last out index are not run (their parameters would get no gradient).
+        """
         B = x.shape[0]
         x = self.patch_embed(x)  # [B, h, w, D]
         grid = (x.shape[1], x.shape[2])

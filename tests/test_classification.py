@@ -340,3 +340,12 @@ def test_linear_probe_cached_and_augmented(small_builtin, tmp_path):
     new = json.loads((out / "load_report.json").read_text())["new"]
     assert new == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert enc["blocks.0.attn.qkv.weight"].shape == (576, 192)
+
+
+def test_cli_reports_a_missing_checkpoint(small_builtin, tmp_path, capsys):
+    from classification.linear_probe import main as probe_main
+
+    opts = tiny_opts(small_builtin, tmp_path / "run", f"checkpoint={tmp_path / 'missing.pth'}")
+    assert probe_main(["--config", "linear_probe_vit_tiny_builtin.yaml", *opts]) == 1
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert (tmp_path / "run" / "config.yaml").is_file()
