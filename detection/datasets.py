@@ -13,17 +13,25 @@ import hashlib
 import os
 from pathlib import Path
 
+from pretrain.data.validate import validate_coco_json
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 SPLIT_DIRS = {"train": "train2017", "val": "val2017"}
 
 
-def register_coco_split(json_file: str | os.PathLike, image_root: str | os.PathLike, name: str | None = None) -> str:
+def register_coco_split(
+    json_file: str | os.PathLike,
+    image_root: str | os.PathLike,
+    name: str | None = None,
+    validate: bool = True,
+) -> str:
     """Register one COCO instances json + image folder (idempotent); return its name.
 
     The default name is derived from the absolute json path, so two roots never clash.
     Category names, the id map and ``json_file`` (for ``COCOEvaluator``) come from the json.
+    With ``validate`` the json is checked first (``pretrain.data.validate``): a broken
+    annotation is a clear error naming the file and annotation, never a silent skip.
     """
     json_file, image_root = Path(json_file).resolve(), Path(image_root).resolve()
     if not json_file.is_file():
@@ -37,6 +45,8 @@ def register_coco_split(json_file: str | os.PathLike, image_root: str | os.PathL
             return name
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
+    if validate:
+        validate_coco_json(json_file, image_root)
     register_coco_instances(name, {}, str(json_file), str(image_root))
     return name
 

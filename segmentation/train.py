@@ -2,7 +2,7 @@
 
 Examples:
     # CPU smoke run on the built-in data
-    python segmentation/train.py segmentation/configs/upernet_vit-tiny_1xb8-300it_builtin-ade-128x128.py
+    python segmentation/train.py segmentation/configs/upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py
     # 8 GPUs, our DropPos checkpoint in the backbone
     torchrun --nproc_per_node 8 segmentation/train.py \
         segmentation/configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py \

@@ -37,7 +37,8 @@ register_all_modules(init_default_scope=True)
 CONFIGS = ROOT / "segmentation" / "configs"
 BASE_CFG = CONFIGS / "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"
 LARGE_CFG = CONFIGS / "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py"
-TINY_CFG = CONFIGS / "upernet_vit-tiny_1xb8-300it_builtin-ade-128x128.py"
+TINY_CFG = CONFIGS / "upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py"
+TINY_P8_CFG = CONFIGS / "upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py"
 REFERENCE_KEYS = Path("/work/shared/reference/reference_keys.json")
 
 
@@ -55,14 +56,27 @@ def build_segmentor(cfg: Config) -> torch.nn.Module:
 # ----------------------------------------------------------------- backbone
 
 
-def test_neck_levels_have_strides_4_8_16_32():
-    model = build_segmentor(tiny_cfg()).eval()
-    x = torch.randn(2, 3, 128, 128)
+@pytest.mark.parametrize("config, size", [(TINY_CFG, 128), (TINY_P8_CFG, 64)])
+def test_neck_levels_have_strides_4_8_16_32(config, size):
+    cfg = Config.fromfile(str(config))
+    cfg.model.backbone.update(depth=4, out_indices=(0, 1, 2, 3))
+    model = build_segmentor(cfg).eval()
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         levels = model.backbone(x)
-        assert [tuple(f.shape) for f in levels] == [(2, 192, 8, 8)] * 4  # stride 16
+        assert [tuple(f.shape) for f in levels] == [(2, 192, 8, 8)] * 4  # patch-stride maps
         feats = model.extract_feat(x)  # backbone + Feature2Pyramid
-    assert [tuple(f.shape) for f in feats] == [(2, 192, 128 // s, 128 // s) for s in (4, 8, 16, 32)]
+        logits = model.encode_decode(x, [dict(img_shape=(size, size))] * 2)
+    assert [tuple(f.shape) for f in feats] == [(2, 192, size // s, size // s) for s in (4, 8, 16, 32)]
+    assert tuple(logits.shape) == (2, 12, size, size)
+
+
+def test_every_config_resolves():
+    names = sorted(p.name for p in CONFIGS.glob("*.py"))
+    assert len(names) == 6
+    for name in names:
+        cfg = Config.fromfile(str(CONFIGS / name))
+        assert cfg.model.backbone.type == "DropPosViT" and cfg.default_scope == "mmseg"
 
 
 def test_every_parameter_gets_a_gradient():

@@ -1,9 +1,9 @@
 # The CPU recipe for a tiny *pretrained* backbone: the suite's tiny pretraining configs
 # (pretrain/configs/*_vit_tiny_builtin.yaml) train ViT-Tiny, 12 blocks, patch 8, at 64 px,
-# so this variant uses that encoder at 64 px crops (8x8 grid, stride 8). Rescales
-# [2, 1, 0.5, 0.25] turn the stride-8 maps into strides 4, 8, 16, 32 as in the full recipe.
-#   python segmentation/train.py THIS_CONFIG --checkpoint outputs/demo/droppos_vit_tiny/checkpoint.pth
-_base_ = './upernet_vit-tiny_1xb8-300it_builtin-ade-128x128.py'
+# so this variant uses that encoder at 64 px crops (8x8 grid, stride 8) of images scaled to
+# short side 128. Rescales [2, 1, 0.5, 0.25] turn the stride-8 maps into strides 4, 8, 16, 32.
+#   python segmentation/train.py THIS_CONFIG --checkpoint PATH/TO/tiny_pretrain_checkpoint.pth
+_base_ = './upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py'
 crop_size = (64, 64)
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -13,7 +13,7 @@ model = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(256, 64), ratio_range=(0.75, 1.5), keep_ratio=True),
+    dict(type='RandomResize', scale=(512, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
     dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PhotoMetricDistortion'),
@@ -21,7 +21,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(256, 64), keep_ratio=True),
+    dict(type='Resize', scale=(512, 128), keep_ratio=True),
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
