@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -120,6 +119,7 @@ DEMO = {
     "detection_iters": 60,
     "segmentation_iters": 60,
     "probe_img_size": 64,
+    "probe_train_images": 600,
 }
 
 
@@ -160,9 +160,11 @@ def demo_stages(out: Path, data: Path, methods: list[str], workers: int) -> list
             f"lr_multiplier.scheduler.num_updates={it}", f"lr_multiplier.scheduler.milestones=[{int(it * 0.889)}, {int(it * 0.963)}]",
             f"lr_multiplier.warmup_length={min(25, it // 4) / it:.4f}",
             f"dataloader.train.dataset.names.root={data}", f"dataloader.test.dataset.names.root={data}",
-            f"dataloader.evaluator.dataset_name.root={data}"),
+            f"dataloader.evaluator.dataset_name.root={data}",
+            # a few dozen iterations leave most scores under Detectron2's 0.05 default: keep them, so AP is defined
+            "model.roi_heads.box_predictor.test_score_thresh=0.001"),
             run / "detection" / METRICS["detection"], needs=[backbone], available=has_det or missing_files(det_cfg)))
-        seg_cfg = Path("segmentation/configs/upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py")
+        seg_cfg = Path("segmentation/configs/upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py")
         if seg_check is None:
             seg_check = missing_files(seg_cfg) or missing_modules("mmseg", "mmcv") or import_check(
                 "import mmcv.ops, mmseg.models", "mmseg / mmcv.ops")
@@ -179,7 +181,7 @@ def demo_stages(out: Path, data: Path, methods: list[str], workers: int) -> list
         stages.append(Stage(method, "position_probe", _py(
             "-m", "analysis.position_probe", "--checkpoint", str(backbone), "--data", str(data), "--sweep", PROBE_SWEEP,
             "--output", str(run / "position_probe"), "--label", method, "--img-size", str(DEMO["probe_img_size"]),
-            "--num-workers", "0"), run / "position_probe" / METRICS["position_probe"], needs=[backbone]))
+            "--num-workers", "0", "--train-images", str(DEMO["probe_train_images"])), run / "position_probe" / METRICS["position_probe"], needs=[backbone]))
     return stages
 
 
@@ -305,10 +307,15 @@ def _summary(stage: Stage) -> str:
     return ""
 
 
-def _children_cpu() -> float:
-    """User + system CPU seconds of finished child processes (what a stage cost, whatever the load)."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
+def _wait_with_cpu(proc: subprocess.Popen) -> tuple[int, float]:
+    """Reap ``proc``: (exit code, user + system CPU seconds of it and its reaped children).
+
+    The CPU time says what a stage costs whatever else the machine runs; ``wait4`` reads it
+    for this child alone, so stages running side by side are told apart.
+    """
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | None = None,
@@ -318,7 +325,8 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
     tag = f"{stage.method}/{stage.name}"
     previous = read_status(run_dir).get(stage.name, {})
     if stage.metrics.is_file():
-        record = {"status": "done", "cached": True, "wall_seconds": previous.get("wall_seconds"), "metrics": str(stage.metrics)}
+        record = {"status": "done", "cached": True, "wall_seconds": previous.get("wall_seconds"),
+                  "cpu_seconds": previous.get("cpu_seconds"), "metrics": str(stage.metrics)}
         print(f"[reproduce] {tag}: done before ({stage.metrics}), skipped", flush=True)
         write_status(run_dir, stage.name, record)
         return record
@@ -340,13 +348,17 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     print(f"[reproduce] {tag}: running (log: {log})", flush=True)
     t0 = time.time()
-    cpu0 = _children_cpu()
     rc: int | str
+    timed_out = threading.Event()
     with open(log, "w") as f:
         f.write("$ " + stage.shell() + "\n")
         f.flush()
         proc = subprocess.Popen(stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
+        watchdog = None
+        if timeout is not None:
+            watchdog = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+            watchdog.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -354,24 +366,23 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
                 f.flush()
                 if verbose:
                     sys.stdout.write(f"  [{tag}] {line}")
-                if timeout is not None and time.time() - t0 > timeout:
-                    proc.kill()
-                    break
-            rc = proc.wait()
+            rc, cpu = _wait_with_cpu(proc)
         except KeyboardInterrupt:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
     wall = time.time() - t0
-    cpu = _children_cpu() - cpu0
-    if timeout is not None and wall > timeout and not stage.metrics.is_file():
-        rc = "timeout"
+    if timed_out.is_set():
+        rc = f"stopped after --stage-timeout {timeout:g} s"
     if rc == 0 and stage.metrics.is_file():
         record = {"status": "done", "wall_seconds": wall, "cpu_seconds": cpu, "metrics": str(stage.metrics)}
         print(f"[reproduce] {tag}: done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {_summary(stage)}", flush=True)
     else:
         tail = log.read_text().strip().splitlines()[-15:]
-        why = f"exit code {rc}" if rc != 0 else f"no {stage.metrics.name} written"
+        why = (rc if isinstance(rc, str) else f"exit code {rc}") if rc != 0 else f"no {stage.metrics.name} written"
         record = {"status": "failed", "reason": why, "wall_seconds": wall, "cpu_seconds": cpu, "log": str(log)}
         print(f"[reproduce] {tag}: FAILED after {wall / 60:.1f} min ({why}); last lines of {log}:", flush=True)
         for line in tail:
@@ -455,7 +466,8 @@ def write_report(out: Path, profile: str, stages: list[Stage], records: dict[tup
         lines += ["Built-in synthetic data, ViT-Tiny with 8 px patches, CPU, minutes of training per stage: the numbers "
                   "show that every stage runs end to end and how the methods compare at this toy scale; they are not "
                   "comparable with the papers' ImageNet-scale numbers listed beside them.", ""]
-    lines += [f"Wall time of this invocation: {wall / 60:.1f} min.", "", "## Stages (status, wall time)", ""]
+    lines += [f"Wall time of this invocation: {wall / 60:.1f} min.", "",
+              "## Stages (status, wall time / CPU time of the stage's processes)", ""]
     header = "| stage | " + " | ".join(methods) + " |"
     lines += [header, "|" + "---|" * (len(methods) + 1)]
     for name in STAGES:
@@ -467,12 +479,15 @@ def write_report(out: Path, profile: str, stages: list[Stage], records: dict[tup
                 state = f"skipped ({r['reason']})"
             elif state == "failed":
                 state = f"failed ({r.get('reason')}; see {Path(r.get('log', '')).relative_to(out) if r.get('log') else 'log'})"
-            secs = r.get("wall_seconds")
-            cells.append(state + (f", {secs / 60:.1f} min" + (" (earlier run)" if r.get("cached") else "") if isinstance(secs, (int, float)) else ""))
+            secs, cpu = r.get("wall_seconds"), r.get("cpu_seconds")
+            if isinstance(secs, (int, float)):
+                state += f", {secs / 60:.1f} min" + (f" / CPU {cpu / 60:.1f} min" if isinstance(cpu, (int, float)) else "")
+                state += " (earlier run)" if r.get("cached") else ""
+            cells.append(state)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Results", ""]
     try:
-        md, _ = build_tables([out / m for m in methods if (out / m).is_dir()], out / "report")
+        md, _ = build_tables([out / m for m in methods if (out / m).is_dir()], out / "report", stages=False)
         lines.append(md)
     except MetricsError as exc:
         lines.append(f"Tables not built: {exc}")

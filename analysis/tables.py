@@ -381,8 +381,11 @@ def write_csv(header: list[str], rows: list[list[str]], path: Path) -> Path:
     return path
 
 
-def build_tables(run_dirs: list[str | Path], out: str | Path) -> tuple[str, list[RunResults]]:
-    """Collect the runs, write the CSV files and return the Markdown (also written to tables.md)."""
+def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = True) -> tuple[str, list[RunResults]]:
+    """Collect the runs, write the CSV files and return the Markdown (also written to tables.md).
+
+    ``stages=False`` leaves the per-stage status table out of the Markdown (the CSV is still written).
+    """
     out = Path(out)
     runs = collect_runs(run_dirs)
     parts = []
@@ -395,6 +398,8 @@ def build_tables(run_dirs: list[str | Path], out: str | Path) -> tuple[str, list
     ]
     for title, (header, rows), csv_name in sections:
         write_csv(header, rows, out / csv_name)
+        if csv_name == "stages.csv" and not stages:
+            continue
         parts.append(f"### {title}\n\n" + (to_markdown(header, rows) if rows else "(no results)"))
     notes = [w for r in runs for w in r.warnings]
     legend = ("FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "

@@ -224,6 +224,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit()
         metrics = finish_metrics(cfg, "finetune", trainer, out_dir, {
+            "pretrain_method": pretrained.method if pretrained is not None else None,
             "num_classes": num_classes,
             "global_pool": cfg.model.global_pool,
             "layer_decay": float(cfg.optim.layer_decay),

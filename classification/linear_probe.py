@@ -237,6 +237,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit()
         metrics = finish_metrics(cfg, "linear_probe", trainer, out_dir, {
+            "pretrain_method": pretrained.method if pretrained is not None else None,
             "num_classes": num_classes,
             "global_pool": cfg.model.global_pool,
             "cache_features": cached,

@@ -41,6 +41,7 @@ class PretrainedEncoder:
     format: str
     dropped: list[str] = field(default_factory=list)  # non-encoder keys of the file (decoder, mask tokens ...)
     ignored_objects: list[str] = field(default_factory=list)  # pickled non-tensor objects (argparse.Namespace ...)
+    method: str | None = None  # pretraining method when the file says (ours) or its format shows (reference files)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class LoadReport:
 
     source: str
     format: str
+    method: str | None
     loaded: list[str]
     new: list[str]
     skipped: dict[str, str]
@@ -58,7 +60,7 @@ class LoadReport:
 
     def summary(self) -> str:
         lines = [
-            f"[load] {self.source} (format: {self.format})",
+            f"[load] {self.source} (format: {self.format}, pretraining method: {self.method or 'unknown'})",
             f"[load]   loaded {len(self.loaded)} encoder tensors",
             f"[load]   newly initialised: {', '.join(self.new) or '(none)'}",
         ]
@@ -107,7 +109,10 @@ def read_pretrained(path: str | os.PathLike) -> PretrainedEncoder:
     enc = encoder_state_dict(full, path)
     inner = {k[len("encoder."):] if k.startswith("encoder.") else k for k in full}
     dropped = sorted(inner - set(enc))
-    return PretrainedEncoder(enc, str(path), fmt, dropped, list(ckpt.get("__ignored__", [])))
+    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
+    if method is None and fmt in ("droppos", "mae", "adpe"):
+        method = fmt
+    return PretrainedEncoder(enc, str(path), fmt, dropped, list(ckpt.get("__ignored__", [])), method)
 
 
 def expected_new_keys(model: nn.Module) -> set[str]:
@@ -180,6 +185,7 @@ def load_pretrained(model: nn.Module, pretrained: PretrainedEncoder | str | os.P
     return LoadReport(
         source=src,
         format=pretrained.format,
+        method=pretrained.method,
         loaded=sorted(matched),
         new=sorted(missing),
         skipped=skipped,

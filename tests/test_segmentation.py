@@ -45,7 +45,7 @@ REFERENCE_KEYS = Path("/work/shared/reference/reference_keys.json")
 def tiny_cfg(depth: int = 4, **backbone) -> Config:
     """The CPU recipe with an even smaller backbone; SyncBN -> BN so it builds without a Runner."""
     cfg = Config.fromfile(str(TINY_CFG))
-    cfg.model.backbone.update(depth=depth, out_indices=tuple(range(depth))[-4:], **backbone)
+    cfg.model.backbone.update(depth=depth, out_indices=None, **backbone)  # quarters of the depth
     return cfg
 
 
