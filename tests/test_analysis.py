@@ -329,3 +329,16 @@ def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
     assert "-m analysis.position_probe" in text and "--data /in1k" in text
     assert not (tmp_path / "b200").exists()  # printing only
     assert reproduce.main(["--profile", "demo", "--methods", "droppos,bogus"]) == 2
+
+
+def test_stage_timeout_and_missing_input_are_reported(tmp_path, capsys):
+    out = tmp_path / "o"
+    slow = reproduce.Stage("mae", "finetune", [sys.executable, "-c", "import time; print('start', flush=True); time.sleep(60)"],
+                           out / "mae" / "finetune" / "classification_metrics.json")
+    rec = reproduce.run_stage(slow, out, timeout=1.0)
+    assert rec["status"] == "failed" and "stage-timeout" in rec["reason"] and rec["wall_seconds"] < 30
+    assert "start" in (out / "mae" / "logs" / "finetune.log").read_text()
+    needy = reproduce.Stage("mae", "detection", [sys.executable, "-c", "pass"], out / "mae" / "detection" / "x.json",
+                            needs=[out / "mae" / "pretrain" / "backbone.pth"])
+    rec = reproduce.run_stage(needy, out)
+    assert rec["status"] == "skipped" and "backbone.pth" in rec["reason"]

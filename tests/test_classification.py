@@ -187,6 +187,19 @@ def test_mae_reference_format_loads(tmp_path, vit_base_avg, name):
     torch.testing.assert_close(vit_base_avg.state_dict()["blocks.11.mlp.fc2.weight"], state["blocks.11.mlp.fc2.weight"])
 
 
+def test_timm_vit_weights_load(tmp_path):
+    import timm
+
+    src = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, num_classes=1000)
+    torch.save(src.state_dict(), tmp_path / "timm_vit.pth")  # flat state dict, with a 1000-class head
+    pretrained = read_pretrained(tmp_path / "timm_vit.pth")
+    assert pretrained.format == "timm" and {"head.weight", "head.bias"} <= set(pretrained.dropped)
+    model = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, global_pool="token")
+    report = load_pretrained(model, pretrained)
+    assert report.new == ["head.bias", "head.weight"] and model.head.weight.shape == (10, 192)
+    torch.testing.assert_close(model.state_dict()["blocks.3.mlp.fc1.weight"], src.state_dict()["blocks.3.mlp.fc1.weight"])
+
+
 def test_cls_token_pooling_loads_the_final_norm(tmp_path):
     enc = tiny_backbone(tmp_path / "backbone.pth")
     model = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, global_pool="token")
