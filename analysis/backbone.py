@@ -17,6 +17,7 @@ method feeds for a token without position:
   patch's *content* (they are added to the true position), not for a missing
   position, so they are only used when asked for explicitly.
 """
+
 from __future__ import annotations
 
 import re
@@ -80,20 +81,31 @@ class LoadedBackbone:
 
 def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
     """ViT constructor arguments from timm-named encoder weights."""
-    dim = int(encoder["cls_token"].shape[-1]) if "cls_token" in encoder else int(encoder["patch_embed.proj.weight"].shape[0])
+    dim = (
+        int(encoder["cls_token"].shape[-1])
+        if "cls_token" in encoder
+        else int(encoder["patch_embed.proj.weight"].shape[0])
+    )
     patch = int(encoder["patch_embed.proj.weight"].shape[-1])
     in_chans = int(encoder["patch_embed.proj.weight"].shape[1])
     depth = 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks."))
     if "pos_embed" not in encoder:
         raise CheckpointError("the encoder weights have no pos_embed; cannot tell the input grid")
     tokens = int(encoder["pos_embed"].shape[1]) - 1  # cls row
-    side = int(round(tokens ** 0.5))
+    side = int(round(tokens**0.5))
     if side * side != tokens:
         raise CheckpointError(f"pos_embed holds {tokens} patch rows, not a square grid")
     hidden = int(encoder["blocks.0.mlp.fc1.weight"].shape[0])
     heads = num_heads or _HEADS_BY_WIDTH.get(dim) or max(dim // 64, 1)
-    args = dict(embed_dim=dim, depth=depth, num_heads=heads, patch_size=patch, img_size=side * patch,
-                mlp_ratio=hidden / dim, in_chans=in_chans)
+    args = dict(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        patch_size=patch,
+        img_size=side * patch,
+        mlp_ratio=hidden / dim,
+        in_chans=in_chans,
+    )
     if "blocks.0.ls1.gamma" in encoder:
         args["init_values"] = 1.0
     if any(".attn.rpe_k." in k for k in encoder):
@@ -111,7 +123,11 @@ def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
         method = {"droppos": "droppos", "mae": "mae", "adpe": "adpe", "timm": "timm"}.get(fmt, "unknown")
         if fmt == "ours":
             keys = set(state)
-            method = "droppos" if "mask_pos_token" in keys else "adpe" if any("adv" in k for k in keys) else "mae" if "mask_token" in keys else "unknown"
+            method = (
+                "droppos"
+                if "mask_pos_token" in keys
+                else "adpe" if any("adv" in k for k in keys) else "mae" if "mask_token" in keys else "unknown"
+            )
     return method, fmt
 
 
@@ -164,7 +180,7 @@ def load_backbone(
     if ckpt.get("__ignored__") and fmt != "ours":
         notes.append(f"ignored pickled objects: {', '.join(ckpt['__ignored__'])}")
     encoder = encoder_state_dict(state, path)
-    flat = {k[len(ENCODER_PREFIX):] if k.startswith(ENCODER_PREFIX) else k: v for k, v in state.items()}
+    flat = {k[len(ENCODER_PREFIX) :] if k.startswith(ENCODER_PREFIX) else k: v for k, v in state.items()}
     if "norm.weight" not in encoder and "fc_norm.weight" in flat:
         # timm average-pool models normalise after pooling; per token the same LayerNorm applies.
         encoder["norm.weight"], encoder["norm.bias"] = flat["fc_norm.weight"], flat["fc_norm.bias"]
@@ -175,11 +191,17 @@ def load_backbone(
             raise ValueError(f"img_size {img_size} is not a multiple of the patch size {args['patch_size']}")
         old = args["img_size"] // args["patch_size"]
         new = img_size // args["patch_size"]
-        encoder["pos_embed"] = resize_pos_embed(encoder["pos_embed"], (new, new), num_prefix_tokens=1, old_grid=(old, old))
-        notes.append(f"position table resized from {old}x{old} to {new}x{new} (img_size {args['img_size']} -> {img_size})")
+        encoder["pos_embed"] = resize_pos_embed(
+            encoder["pos_embed"], (new, new), num_prefix_tokens=1, old_grid=(old, old)
+        )
+        notes.append(
+            f"position table resized from {old}x{old} to {new}x{new} (img_size {args['img_size']} -> {img_size})"
+        )
         args["img_size"] = img_size
     if args.get("rel_pos"):
-        notes.append("relative position encoding in every block is kept: dropping the absolute embedding leaves relative offsets")
+        notes.append(
+            "relative position encoding in every block is kept: dropping the absolute embedding leaves relative offsets"
+        )
     model = build_vit(args)
     own = model.state_dict()
     for key in [k for k in own if k.endswith("attn.qkv.bias") and k not in encoder]:
@@ -189,8 +211,13 @@ def load_backbone(
     missing, unexpected = model.load_state_dict(encoder, strict=False)
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: encoder weights do not fit a plain ViT ({args}); missing {missing[:8]}, unexpected {unexpected[:8]}"
-            + (" (relative position encodings are not supported by the analyses)" if any("rpe" in k or "rel_pos" in k for k in unexpected) else "")
+            f"{path}: encoder weights do not fit a plain ViT ({args}); "
+            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
+            + (
+                " (relative position encodings are not supported by the analyses)"
+                if any("rpe" in k or "rel_pos" in k for k in unexpected)
+                else ""
+            )
         )
     model.requires_grad_(False).eval().to(device)
 
@@ -214,10 +241,20 @@ def load_backbone(
         token = torch.zeros(1, 1, dim)
     else:
         if choice not in tokens:
-            raise CheckpointError(f"{path} holds no {choice} (found: {sorted(tokens) or 'none'}); use --replacement zero")
+            raise CheckpointError(
+                f"{path} holds no {choice} (found: {sorted(tokens) or 'none'}); use --replacement zero"
+            )
         token = tokens[choice].float()
         if token.numel() != dim:
             raise CheckpointError(f"{path}: {choice} has shape {tuple(token.shape)}, not a [1, 1, {dim}] embedding")
         token = token.reshape(1, 1, dim)
-    return LoadedBackbone(model=model, method=method, source_format=fmt, position_token=token.to(device),
-                          replacement=choice, path=str(path), extras=tokens, notes=notes)
+    return LoadedBackbone(
+        model=model,
+        method=method,
+        source_format=fmt,
+        position_token=token.to(device),
+        replacement=choice,
+        path=str(path),
+        extras=tokens,
+        notes=notes,
+    )

@@ -21,6 +21,7 @@
 
 Every figure has a fixed pixel size (``FIGSIZE * DPI``), titles, legends and colour bars.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,7 @@ from pretrain.models.droppos import smoothing_matrix  # noqa: E402
 from .backbone import LoadedBackbone, load_backbone  # noqa: E402
 
 DPI = 100
-FIGSIZE = {
-    "positions": (15.0, 5.4),
-    "attention": (10.0, 4.6),
-    "smoothing": (14.0, 7.0),
-    "curves": (8.0, 5.0),
-}
+FIGSIZE = {"positions": (15.0, 5.4), "attention": (10.0, 4.6), "smoothing": (14.0, 7.0), "curves": (8.0, 5.0)}
 COLOURS = {"exact": "#2ca02c", "near": "#ff7f0e", "far": "#d62728"}
 
 
@@ -72,10 +68,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 # --------------------------------------------------------------------------- inputs
 def load_picture_image(
-    img_size: int,
-    image: str | Path | None = None,
-    data: str | Path | None = None,
-    index: int = 0,
+    img_size: int, image: str | Path | None = None, data: str | Path | None = None, index: int = 0
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One image, eval-transformed at ``img_size``: (uint8 [H, W, 3] for display, normalised [1, 3, H, W])."""
     from pretrain.data.imagefolder import ImageFolderDataset, load_image
@@ -138,7 +131,7 @@ def plot_position_predictions(
     shown = image.astype(np.float32).copy()
     for c in hidden_cells:
         y, x = _cell_box(int(c), grid, patch)
-        shown[y:y + patch, x:x + patch] = shown[y:y + patch, x:x + patch] * 0.25 + 96
+        shown[y : y + patch, x : x + patch] = shown[y : y + patch, x : x + patch] * 0.25 + 96
     axes[0].imshow(shown.clip(0, 255).astype(np.uint8))
     _draw_grid(axes[0], grid, patch)
     for c in true_cells:
@@ -149,12 +142,12 @@ def plot_position_predictions(
     canvas = np.full_like(image, 128)
     for c in kept_cells:
         y, x = _cell_box(int(c), grid, patch)
-        canvas[y:y + patch, x:x + patch] = image[y:y + patch, x:x + patch]
+        canvas[y : y + patch, x : x + patch] = image[y : y + patch, x : x + patch]
     landed = np.zeros(grid[0] * grid[1], dtype=int)
     for t, p in zip(true_cells, pred_cells):
         ty, tx = _cell_box(int(t), grid, patch)
         py, px = _cell_box(int(p), grid, patch)
-        canvas[py:py + patch, px:px + patch] = image[ty:ty + patch, tx:tx + patch]
+        canvas[py : py + patch, px : px + patch] = image[ty : ty + patch, tx : tx + patch]
         landed[int(p)] += 1
     collisions = int((landed > 1).sum())
     axes[1].imshow(canvas)
@@ -171,14 +164,27 @@ def plot_position_predictions(
         if d == 0:
             axes[2].plot(tx + half, ty + half, "o", color=colour, ms=5)
         else:
-            axes[2].annotate("", xy=(px + half, py + half), xytext=(tx + half, ty + half),
-                             arrowprops=dict(arrowstyle="->", color=colour, lw=1.3))
-    axes[2].legend(handles=[
-        Line2D([], [], marker="o", ls="", color=COLOURS["exact"], label=f"exact cell ({n_exact}/{k})"),
-        Line2D([], [], color=COLOURS["near"], label=f"one cell off ({n_near}/{k})"),
-        Line2D([], [], color=COLOURS["far"], label=f"farther ({n_far}/{k})"),
-    ], loc="lower center", bbox_to_anchor=(0.5, -0.2), ncol=3, fontsize=8, frameon=False)
-    axes[2].set_title(f"true cell -> predicted cell\ntop-1 {n_exact / k:.0%}, within one cell {(n_exact + n_near) / k:.0%}")
+            axes[2].annotate(
+                "",
+                xy=(px + half, py + half),
+                xytext=(tx + half, ty + half),
+                arrowprops=dict(arrowstyle="->", color=colour, lw=1.3),
+            )
+    axes[2].legend(
+        handles=[
+            Line2D([], [], marker="o", ls="", color=COLOURS["exact"], label=f"exact cell ({n_exact}/{k})"),
+            Line2D([], [], color=COLOURS["near"], label=f"one cell off ({n_near}/{k})"),
+            Line2D([], [], color=COLOURS["far"], label=f"farther ({n_far}/{k})"),
+        ],
+        loc="lower center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=3,
+        fontsize=8,
+        frameon=False,
+    )
+    axes[2].set_title(
+        f"true cell -> predicted cell\ntop-1 {n_exact / k:.0%}, within one cell {(n_exact + n_near) / k:.0%}"
+    )
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -213,8 +219,14 @@ def droppos_from_checkpoint(path: str | Path, backbone: LoadedBackbone) -> "torc
     encoder = copy.deepcopy(backbone.model).cpu()  # same architecture; the weights are loaded below
     cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
     d = cfg.get("droppos") or {}
-    model = DropPos(encoder, mask_ratio=float(d.get("mask_ratio", 0.75)), pos_drop_ratio=float(d.get("pos_drop_ratio", 0.75)),
-                    decoder_dim=dec_dim, decoder_depth=depth, decoder_heads=_decoder_heads(ckpt, dec_dim))
+    model = DropPos(
+        encoder,
+        mask_ratio=float(d.get("mask_ratio", 0.75)),
+        pos_drop_ratio=float(d.get("pos_drop_ratio", 0.75)),
+        decoder_dim=dec_dim,
+        decoder_depth=depth,
+        decoder_heads=_decoder_heads(ckpt, dec_dim),
+    )
     load_method_weights(model, state, strict=True)
     return model.eval().to(backbone.position_token.device)
 
@@ -229,12 +241,18 @@ def predict_with_droppos_head(model, imgs: torch.Tensor, seed: int = 0) -> dict[
     keep, dropped = masks.ids_keep[0], masks.pos_dropped[0]
     pred = logits.argmax(-1)
     hidden = sorted(set(range(model.encoder.num_patches)) - set(keep.tolist()))
-    return {"true": keep[dropped].cpu().numpy(), "pred": pred[dropped].cpu().numpy(),
-            "kept": keep[~dropped].cpu().numpy(), "hidden": np.asarray(hidden, dtype=int)}
+    return {
+        "true": keep[dropped].cpu().numpy(),
+        "pred": pred[dropped].cpu().numpy(),
+        "kept": keep[~dropped].cpu().numpy(),
+        "hidden": np.asarray(hidden, dtype=int),
+    }
 
 
 @torch.no_grad()
-def predict_with_probe(backbone: LoadedBackbone, head, imgs: torch.Tensor, drop_ratio: float, seed: int = 0) -> dict[str, np.ndarray]:
+def predict_with_probe(
+    backbone: LoadedBackbone, head, imgs: torch.Tensor, drop_ratio: float, seed: int = 0
+) -> dict[str, np.ndarray]:
     """All patches visible; a share ``drop_ratio`` lose their position; the probe head predicts them."""
     from .position_probe import dropped_positions, encode_with_dropped_positions
 
@@ -243,8 +261,12 @@ def predict_with_probe(backbone: LoadedBackbone, head, imgs: torch.Tensor, drop_
     feats = encode_with_dropped_positions(backbone, imgs, dropped[None].to(imgs.device))[0]
     pred = head.to(feats.device)(feats).argmax(-1).cpu()
     cells = torch.arange(n)
-    return {"true": cells[dropped].numpy(), "pred": pred[dropped].numpy(), "kept": cells[~dropped].numpy(),
-            "hidden": np.zeros(0, dtype=int)}
+    return {
+        "true": cells[dropped].numpy(),
+        "pred": pred[dropped].numpy(),
+        "kept": cells[~dropped].numpy(),
+        "hidden": np.zeros(0, dtype=int),
+    }
 
 
 def positions_picture(
@@ -270,8 +292,10 @@ def positions_picture(
         raise CheckpointError(f"{checkpoint} holds no DropPos position head (decoder_pred, mask_pos_token)")
     if model is not None:
         p = predict_with_droppos_head(model, imgs, seed)
-        how = (f"DropPos position head; {1 - model.mask_ratio:.0%} of patches shown, "
-               f"{model.pos_drop_ratio:.0%} of those without position")
+        how = (
+            f"DropPos position head; {1 - model.mask_ratio:.0%} of patches shown, "
+            f"{model.pos_drop_ratio:.0%} of those without position"
+        )
     else:
         if data is None:
             raise ValueError("the probe needs --data to train on (the checkpoint has no position head)")
@@ -285,8 +309,16 @@ def positions_picture(
         p = predict_with_probe(backbone, head, imgs, drop_ratio, seed)
         how = f"linear position probe (val top-1 {res.top1:.0%}); all patches shown, {drop_ratio:.0%} without position"
     title = f"{name}: where is each patch predicted to belong?  ({how})"
-    return plot_position_predictions(shown, backbone.grid_size, p["true"], p["pred"], p["kept"], p["hidden"], title,
-                                     Path(out) / f"positions_{name}.png")
+    return plot_position_predictions(
+        shown,
+        backbone.grid_size,
+        p["true"],
+        p["pred"],
+        p["kept"],
+        p["hidden"],
+        title,
+        Path(out) / f"positions_{name}.png",
+    )
 
 
 # --------------------------------------------------------------------------- attention
@@ -308,7 +340,9 @@ def plot_attention_map(image: np.ndarray, weights: np.ndarray, tau: float, title
     axes[0].imshow(image)
     axes[0].set_title("input")
     axes[1].imshow(image)
-    im = axes[1].imshow(weights, cmap="inferno", alpha=0.65, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+    im = axes[1].imshow(
+        weights, cmap="inferno", alpha=0.65, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest"
+    )
     axes[1].set_title(f"attentive-reconstruction weight per patch\nsoftmax over patches of cos(cls, patch) / {tau}")
     cbar = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
     cbar.set_label("weight (sums to 1 over the image)")
@@ -333,8 +367,13 @@ def attention_picture(
     shown, imgs = load_picture_image(backbone.img_size, image, data, index)
     wts = attentive_weights(backbone, imgs, tau)[0].reshape(backbone.grid_size).numpy()
     name = label or backbone.method
-    return plot_attention_map(shown, wts, tau, f"{name}: which patches attentive reconstruction weighs most",
-                              Path(out) / f"attention_{name}.png")
+    return plot_attention_map(
+        shown,
+        wts,
+        tau,
+        f"{name}: which patches attentive reconstruction weighs most",
+        Path(out) / f"attention_{name}.png",
+    )
 
 
 # --------------------------------------------------------------------------- smoothing
@@ -361,11 +400,18 @@ def plot_smoothing_targets(
             cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
             cbar.ax.tick_params(labelsize=7)
     axes[0, 0].set_ylabel("paper: Gaussian on the\ntrue grid, rows sum to 1")
-    axes[1, 0].set_ylabel(f"reference code: {img_size // grid[1]}x{img_size // grid[1]} grid,\n"
-                          "column-normalised, cut to N")
-    fig.legend(handles=[Line2D([], [], marker="*", ls="", color="red", label=f"true cell (row {cell[0]}, col {cell[1]})")],
-               loc="lower center", ncol=1, frameon=False)
-    fig.suptitle(f"Position smoothing: soft target over the {grid[0]}x{grid[1]} cells for one patch (colour = target weight)")
+    axes[1, 0].set_ylabel(
+        f"reference code: {img_size // grid[1]}x{img_size // grid[1]} grid,\n" "column-normalised, cut to N"
+    )
+    fig.legend(
+        handles=[Line2D([], [], marker="*", ls="", color="red", label=f"true cell (row {cell[0]}, col {cell[1]})")],
+        loc="lower center",
+        ncol=1,
+        frameon=False,
+    )
+    fig.suptitle(
+        f"Position smoothing: soft target over the {grid[0]}x{grid[1]} cells for one patch (colour = target weight)"
+    )
     fig.subplots_adjust(left=0.07, right=0.97, top=0.86, bottom=0.08, wspace=0.3, hspace=0.35)
     return _save(fig, path)
 
@@ -384,7 +430,9 @@ def read_probe_metrics(source: str | Path | dict) -> dict:
     return data
 
 
-def plot_probe_curves(sources: Sequence[str | Path | dict], path: str | Path, labels: Sequence[str] | None = None) -> Path:
+def plot_probe_curves(
+    sources: Sequence[str | Path | dict], path: str | Path, labels: Sequence[str] | None = None
+) -> Path:
     """Top-1 (solid) and within-one-cell (dashed) probe accuracy against drop ratio, one colour per checkpoint."""
     fig, ax = plt.subplots(figsize=FIGSIZE["curves"])
     chance = None
@@ -402,9 +450,11 @@ def plot_probe_curves(sources: Sequence[str | Path | dict], path: str | Path, la
         chance = rows[0]["chance"] if rows else chance
     if chance is not None:
         ax.axhline(100 * chance, color="grey", ls=":", lw=1)
-    handles += [Line2D([], [], color="black", ls="-", marker="o", label="top-1 (exact cell)"),
-                Line2D([], [], color="black", ls="--", marker="s", ms=4, label="within one cell"),
-                Line2D([], [], color="grey", ls=":", label="chance (top-1)")]
+    handles += [
+        Line2D([], [], color="black", ls="-", marker="o", label="top-1 (exact cell)"),
+        Line2D([], [], color="black", ls="--", marker="s", ms=4, label="within one cell"),
+        Line2D([], [], color="grey", ls=":", label="chance (top-1)"),
+    ]
     ax.legend(handles=handles, fontsize=8, loc="best")
     ax.set_xlabel("share of position embeddings dropped")
     ax.set_ylabel("position accuracy on held-out images (%)")
@@ -453,12 +503,23 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         if args.kind == "positions":
-            path = positions_picture(args.checkpoint, args.out, args.image, args.data, args.index, args.mode,
-                                     args.drop_ratio, seed=args.seed, label=args.label)
+            path = positions_picture(
+                args.checkpoint,
+                args.out,
+                args.image,
+                args.data,
+                args.index,
+                args.mode,
+                args.drop_ratio,
+                seed=args.seed,
+                label=args.label,
+            )
         elif args.kind == "attention":
             path = attention_picture(args.checkpoint, args.out, args.image, args.data, args.index, args.tau, args.label)
         elif args.kind == "smoothing":
-            path = plot_smoothing_targets(Path(args.out) / "smoothing_targets.png", (args.grid, args.grid), args.img_size, args.sigmas)
+            path = plot_smoothing_targets(
+                Path(args.out) / "smoothing_targets.png", (args.grid, args.grid), args.img_size, args.sigmas
+            )
         else:
             labels = args.labels.split(",") if args.labels else None
             path = plot_probe_curves(args.metrics, Path(args.out) / "position_probe_curves.png", labels)

@@ -17,6 +17,7 @@ Features are extracted once per drop ratio without gradients and cached; the
 head (feature standardisation + Linear(D, N)) trains with AdamW on the cache.
 Writes ``position_probe_metrics.json`` in ``--output``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,11 +69,7 @@ def dropped_positions(batch: int, num_patches: int, drop_ratio: float, generator
 
 
 @torch.no_grad()
-def encode_with_dropped_positions(
-    backbone: LoadedBackbone,
-    imgs: torch.Tensor,
-    dropped: torch.Tensor,
-) -> torch.Tensor:
+def encode_with_dropped_positions(backbone: LoadedBackbone, imgs: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
     """All N patches + cls through the encoder, dropped positions replaced: [B, N, D] (normed)."""
     vit = backbone.model
     b = imgs.shape[0]
@@ -112,7 +109,9 @@ def resolve_image_folder(root: str | Path) -> Path:
     raise FileNotFoundError(f"no ImageFolder with train/ and val/ found at {root} (nor at {root / 'imagenet'})")
 
 
-def make_loader(root: Path, split: str, img_size: int, limit: int, settings: ProbeSettings) -> torch.utils.data.DataLoader:
+def make_loader(
+    root: Path, split: str, img_size: int, limit: int, settings: ProbeSettings
+) -> torch.utils.data.DataLoader:
     """Eval-transformed images of one split, in file order, at most ``limit`` (evenly spread over classes)."""
     from pretrain.data.imagefolder import ImageFolderDataset
     from pretrain.data.transforms import build_eval_transform
@@ -121,8 +120,9 @@ def make_loader(root: Path, split: str, img_size: int, limit: int, settings: Pro
     if limit and limit < len(ds):
         step = len(ds) / limit
         ds = torch.utils.data.Subset(ds, [int(i * step) for i in range(limit)])
-    return torch.utils.data.DataLoader(ds, batch_size=settings.extract_batch, shuffle=False,
-                                       num_workers=settings.num_workers, persistent_workers=False)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=settings.extract_batch, shuffle=False, num_workers=settings.num_workers, persistent_workers=False
+    )
 
 
 @torch.no_grad()
@@ -184,7 +184,7 @@ def train_head(feats: torch.Tensor, labels: torch.Tensor, num_positions: int, se
     for _ in range(settings.epochs):
         order = torch.randperm(m, generator=gen)
         for i in range(steps_per_epoch):
-            idx = order[i * settings.batch_size:(i + 1) * settings.batch_size]
+            idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
             for group in opt.param_groups:
                 group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / total))
             loss = F.cross_entropy(head(x[idx]), labels[idx])
@@ -196,11 +196,15 @@ def train_head(feats: torch.Tensor, labels: torch.Tensor, num_positions: int, se
 
 
 @torch.no_grad()
-def evaluate_head(head: PositionHead, feats: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]) -> dict[str, float]:
+def evaluate_head(
+    head: PositionHead, feats: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]
+) -> dict[str, float]:
     """Top-1 and within-one-cell accuracy (fractions)."""
-    pred = torch.cat([head(feats[i:i + 8192]).argmax(-1) for i in range(0, feats.shape[0], 8192)])
-    return {"top1": float((pred == labels).float().mean()),
-            "within1": float((cell_distance(pred, labels, grid) <= 1).float().mean())}
+    pred = torch.cat([head(feats[i : i + 8192]).argmax(-1) for i in range(0, feats.shape[0], 8192)])
+    return {
+        "top1": float((pred == labels).float().mean()),
+        "within1": float((cell_distance(pred, labels, grid) <= 1).float().mean()),
+    }
 
 
 # --------------------------------------------------------------------------- run
@@ -235,9 +239,14 @@ def probe_drop_ratio(
     val = evaluate_head(head, va_x, va_y, grid)
     train = evaluate_head(head, tr_x, tr_y, grid)
     result = ProbeResult(
-        drop_ratio=float(drop_ratio), top1=val["top1"], within1=val["within1"], chance=1.0 / n,
-        chance_within1=chance_within1(grid), train_top1=train["top1"],
-        num_train_tokens=int(tr_x.shape[0]), num_val_tokens=int(va_x.shape[0]),
+        drop_ratio=float(drop_ratio),
+        top1=val["top1"],
+        within1=val["within1"],
+        chance=1.0 / n,
+        chance_within1=chance_within1(grid),
+        train_top1=train["top1"],
+        num_train_tokens=int(tr_x.shape[0]),
+        num_val_tokens=int(va_x.shape[0]),
         probed="dropped" if drop_ratio > 0 else "all (no position dropped)",
     )
     return result, head
@@ -264,9 +273,12 @@ def run_probe(
     train_loader = make_loader(root, "train", backbone.img_size, settings.train_images, settings)
     val_loader = make_loader(root, "val", backbone.img_size, settings.val_images, settings)
     if verbose:
-        print(f"[position_probe] {checkpoint}: method={backbone.method} {backbone.arch()} grid={backbone.grid_size} "
-              f"replacement={backbone.replacement} train={len(train_loader.dataset)} val={len(val_loader.dataset)} images",
-              flush=True)
+        print(
+            f"[position_probe] {checkpoint}: method={backbone.method} {backbone.arch()} grid={backbone.grid_size} "
+            f"replacement={backbone.replacement} "
+            f"train={len(train_loader.dataset)} val={len(val_loader.dataset)} images",
+            flush=True,
+        )
         for note in backbone.notes:
             print(f"[position_probe]   note: {note}", flush=True)
     results = []
@@ -274,8 +286,11 @@ def run_probe(
         res, _ = probe_drop_ratio(backbone, train_loader, val_loader, ratio, settings)
         results.append(asdict(res))
         if verbose:
-            print(f"[position_probe]   drop {ratio:.2f}: top1 {res.top1:.4f} within1 {res.within1:.4f} "
-                  f"(chance {res.chance:.4f} / {res.chance_within1:.4f}; train top1 {res.train_top1:.4f})", flush=True)
+            print(
+                f"[position_probe]   drop {ratio:.2f}: top1 {res.top1:.4f} within1 {res.within1:.4f} "
+                f"(chance {res.chance:.4f} / {res.chance_within1:.4f}; train top1 {res.train_top1:.4f})",
+                flush=True,
+            )
     metrics = {
         "task": "position_probe",
         "checkpoint": str(checkpoint),
@@ -325,15 +340,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="builtin", help="ImageFolder root with train/ and val/, or 'builtin'")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--drop-ratio", type=float, default=None, help="share of positions dropped (default 0.75)")
-    g.add_argument("--sweep", type=parse_ratios, default=None, help="comma-separated drop ratios, e.g. 0,0.25,0.5,0.75,1.0")
-    p.add_argument("--replacement", choices=REPLACEMENTS, default="auto",
-                   help="what replaces a dropped position (auto: DropPos mask_pos_token, else zero)")
+    g.add_argument(
+        "--sweep", type=parse_ratios, default=None, help="comma-separated drop ratios, e.g. 0,0.25,0.5,0.75,1.0"
+    )
+    p.add_argument(
+        "--replacement",
+        choices=REPLACEMENTS,
+        default="auto",
+        help="what replaces a dropped position (auto: DropPos mask_pos_token, else zero)",
+    )
     p.add_argument("--output", default=None, help=f"folder for {METRICS_FILE} (default: beside the checkpoint)")
     p.add_argument("--label", default=None, help="name of this checkpoint in tables and pictures")
     p.add_argument("--num-heads", type=int, default=None, help="attention heads for non-standard widths")
-    p.add_argument("--img-size", type=int, default=None,
-                   help="probe at this input size (default: the checkpoint's; the position table is resized)")
-    for name in ("epochs", "batch_size", "seed", "train_images", "val_images", "tokens_per_image", "extract_batch", "num_workers"):
+    p.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="probe at this input size (default: the checkpoint's; the position table is resized)",
+    )
+    for name in (
+        "epochs",
+        "batch_size",
+        "seed",
+        "train_images",
+        "val_images",
+        "tokens_per_image",
+        "extract_batch",
+        "num_workers",
+    ):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
@@ -349,8 +383,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = ProbeSettings(**{k: getattr(args, k) for k in asdict(ProbeSettings())})
     output = args.output or str(Path(args.checkpoint).parent / "position_probe")
     try:
-        metrics = run_probe(args.checkpoint, args.data, ratios, settings, args.replacement, output, args.num_heads, args.label,
-                            img_size=args.img_size)
+        metrics = run_probe(
+            args.checkpoint,
+            args.data,
+            ratios,
+            settings,
+            args.replacement,
+            output,
+            args.num_heads,
+            args.label,
+            img_size=args.img_size,
+        )
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

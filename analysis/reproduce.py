@@ -21,6 +21,7 @@ checkpoint). Each stage runs as its own process; its output goes to
 ``<output>/<method>/logs/<stage>.log`` (``--verbose`` also streams it). A stage whose
 package is not installed is reported as "skipped (not available)".
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,8 +112,11 @@ def missing_files(*paths: Path) -> str:
 # --------------------------------------------------------------------------- demo profile
 # Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage.
 DEMO = {
-    "pretrain_recipes": {"droppos": "droppos_vit_tiny_builtin.yaml", "mae": "mae_vit_tiny_builtin.yaml",
-                         "adpe": "adpe_vit_tiny_builtin.yaml"},
+    "pretrain_recipes": {
+        "droppos": "droppos_vit_tiny_builtin.yaml",
+        "mae": "mae_vit_tiny_builtin.yaml",
+        "adpe": "adpe_vit_tiny_builtin.yaml",
+    },
     "pretrain_overrides": {"droppos": ["train.epochs=6"], "mae": ["train.epochs=6"], "adpe": ["train.epochs=3"]},
     "finetune": ["train.epochs=3"],
     "linear_probe": ["train.epochs=30"],
@@ -139,49 +143,150 @@ def demo_stages(out: Path, data: Path, methods: list[str], workers: int) -> list
         pre = run / "pretrain"
         backbone = pre / "backbone.pth"
         recipe = Path("pretrain/configs") / DEMO["pretrain_recipes"][method]
-        stages.append(Stage(method, "pretrain", _py(
-            "-m", "pretrain.main", "--config", str(recipe), f"train.output_dir={pre}", f"data.path={imagenet}",
-            "data.builtin=true", f"data.num_workers={workers}", "train.progress=false", "train.tensorboard=false",
-            *DEMO["pretrain_overrides"][method]), pre / METRICS["pretrain"],
-            available=missing_files(recipe) or (missing_modules("pretrain.models.adpe") if method == "adpe" else "")))
+        stages.append(
+            Stage(
+                method,
+                "pretrain",
+                _py(
+                    "-m",
+                    "pretrain.main",
+                    "--config",
+                    str(recipe),
+                    f"train.output_dir={pre}",
+                    f"data.path={imagenet}",
+                    "data.builtin=true",
+                    f"data.num_workers={workers}",
+                    "train.progress=false",
+                    "train.tensorboard=false",
+                    *DEMO["pretrain_overrides"][method],
+                ),
+                pre / METRICS["pretrain"],
+                available=missing_files(recipe)
+                or (missing_modules("pretrain.models.adpe") if method == "adpe" else ""),
+            )
+        )
         for task in ("finetune", "linear_probe"):
             cfg = Path("classification/configs") / f"{task}_vit_tiny_builtin.yaml"
-            stages.append(Stage(method, task, _py(
-                "-m", f"classification.{task}", "--config", str(cfg), f"checkpoint={backbone}",
-                f"train.output_dir={run / task}", f"data.path={imagenet}", "data.builtin=true",
-                f"data.num_workers={workers}", "train.progress=false", "train.tensorboard=false", *DEMO[task]),
-                run / task / METRICS[task], needs=[backbone], available=has_cls or missing_files(cfg)))
+            stages.append(
+                Stage(
+                    method,
+                    task,
+                    _py(
+                        "-m",
+                        f"classification.{task}",
+                        "--config",
+                        str(cfg),
+                        f"checkpoint={backbone}",
+                        f"train.output_dir={run / task}",
+                        f"data.path={imagenet}",
+                        "data.builtin=true",
+                        f"data.num_workers={workers}",
+                        "train.progress=false",
+                        "train.tensorboard=false",
+                        *DEMO[task],
+                    ),
+                    run / task / METRICS[task],
+                    needs=[backbone],
+                    available=has_cls or missing_files(cfg),
+                )
+            )
         it = DEMO["detection_iters"]
         det_cfg = Path("detection/configs/mask_rcnn_vitdet_tiny_builtin.py")
-        stages.append(Stage(method, "detection", _py(
-            "-m", "detection.train_net", "--config-file", str(det_cfg), f"train.init_checkpoint={backbone}",
-            f"train.output_dir={run / 'detection'}", f"train.max_iter={it}", f"train.eval_period={it}",
-            f"train.checkpointer.period={it}", "train.log_period=10",
-            f"lr_multiplier.scheduler.num_updates={it}", f"lr_multiplier.scheduler.milestones=[{int(it * 0.889)}, {int(it * 0.963)}]",
-            f"lr_multiplier.warmup_length={min(25, it // 4) / it:.4f}",
-            f"dataloader.train.dataset.names.root={data}", f"dataloader.test.dataset.names.root={data}",
-            f"dataloader.evaluator.dataset_name.root={data}",
-            # a few dozen iterations leave most scores under Detectron2's 0.05 default: keep them, so AP is defined
-            "model.roi_heads.box_predictor.test_score_thresh=0.001"),
-            run / "detection" / METRICS["detection"], needs=[backbone], available=has_det or missing_files(det_cfg)))
+        stages.append(
+            Stage(
+                method,
+                "detection",
+                _py(
+                    "-m",
+                    "detection.train_net",
+                    "--config-file",
+                    str(det_cfg),
+                    f"train.init_checkpoint={backbone}",
+                    f"train.output_dir={run / 'detection'}",
+                    f"train.max_iter={it}",
+                    f"train.eval_period={it}",
+                    f"train.checkpointer.period={it}",
+                    "train.log_period=10",
+                    f"lr_multiplier.scheduler.num_updates={it}",
+                    f"lr_multiplier.scheduler.milestones=[{int(it * 0.889)}, {int(it * 0.963)}]",
+                    f"lr_multiplier.warmup_length={min(25, it // 4) / it:.4f}",
+                    f"dataloader.train.dataset.names.root={data}",
+                    f"dataloader.test.dataset.names.root={data}",
+                    f"dataloader.evaluator.dataset_name.root={data}",
+                    # a few dozen iterations leave most scores under Detectron2's 0.05 default:
+                    # keep them, so that AP is defined
+                    "model.roi_heads.box_predictor.test_score_thresh=0.001",
+                ),
+                run / "detection" / METRICS["detection"],
+                needs=[backbone],
+                available=has_det or missing_files(det_cfg),
+            )
+        )
         seg_cfg = Path("segmentation/configs/upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py")
         if seg_check is None:
-            seg_check = missing_files(seg_cfg) or missing_modules("mmseg", "mmcv") or import_check(
-                "import mmcv.ops, mmseg.models", "mmseg / mmcv.ops")
+            seg_check = (
+                missing_files(seg_cfg)
+                or missing_modules("mmseg", "mmcv")
+                or import_check("import mmcv.ops, mmseg.models", "mmseg / mmcv.ops")
+            )
         it = DEMO["segmentation_iters"]
         ade = data / "ade20k" / "ADEChallengeData2016"
-        stages.append(Stage(method, "segmentation", _py(
-            "segmentation/train.py", str(seg_cfg), "--checkpoint", str(backbone), "--work-dir", str(run / "segmentation"),
-            "--cfg-options", f"train_cfg.max_iters={it}", f"train_cfg.val_interval={it}",
-            f"param_scheduler.0.end={max(it // 10, 1)}", f"param_scheduler.1.begin={max(it // 10, 1)}", f"param_scheduler.1.end={it}",
-            f"default_hooks.checkpoint.interval={it}", "default_hooks.logger.interval=10",
-            f"train_dataloader.dataset.data_root={ade}", f"val_dataloader.dataset.data_root={ade}",
-            f"test_dataloader.dataset.data_root={ade}"),
-            run / "segmentation" / METRICS["segmentation"], needs=[backbone], available=seg_check))
-        stages.append(Stage(method, "position_probe", _py(
-            "-m", "analysis.position_probe", "--checkpoint", str(backbone), "--data", str(data), "--sweep", PROBE_SWEEP,
-            "--output", str(run / "position_probe"), "--label", method, "--img-size", str(DEMO["probe_img_size"]),
-            "--num-workers", "0", "--train-images", str(DEMO["probe_train_images"])), run / "position_probe" / METRICS["position_probe"], needs=[backbone]))
+        stages.append(
+            Stage(
+                method,
+                "segmentation",
+                _py(
+                    "segmentation/train.py",
+                    str(seg_cfg),
+                    "--checkpoint",
+                    str(backbone),
+                    "--work-dir",
+                    str(run / "segmentation"),
+                    "--cfg-options",
+                    f"train_cfg.max_iters={it}",
+                    f"train_cfg.val_interval={it}",
+                    f"param_scheduler.0.end={max(it // 10, 1)}",
+                    f"param_scheduler.1.begin={max(it // 10, 1)}",
+                    f"param_scheduler.1.end={it}",
+                    f"default_hooks.checkpoint.interval={it}",
+                    "default_hooks.logger.interval=10",
+                    f"train_dataloader.dataset.data_root={ade}",
+                    f"val_dataloader.dataset.data_root={ade}",
+                    f"test_dataloader.dataset.data_root={ade}",
+                ),
+                run / "segmentation" / METRICS["segmentation"],
+                needs=[backbone],
+                available=seg_check,
+            )
+        )
+        stages.append(
+            Stage(
+                method,
+                "position_probe",
+                _py(
+                    "-m",
+                    "analysis.position_probe",
+                    "--checkpoint",
+                    str(backbone),
+                    "--data",
+                    str(data),
+                    "--sweep",
+                    PROBE_SWEEP,
+                    "--output",
+                    str(run / "position_probe"),
+                    "--label",
+                    method,
+                    "--img-size",
+                    str(DEMO["probe_img_size"]),
+                    "--num-workers",
+                    "0",
+                    "--train-images",
+                    str(DEMO["probe_train_images"]),
+                ),
+                run / "position_probe" / METRICS["position_probe"],
+                needs=[backbone],
+            )
+        )
     return stages
 
 
@@ -189,38 +294,56 @@ def demo_stages(out: Path, data: Path, methods: list[str], workers: int) -> list
 PAPER_PROFILES = {
     "vit_b_200ep": {
         "size": "base",
-        "pretrain": {"droppos": ("droppos_vit_base_200ep.yaml", []),
-                     "mae": ("mae_vit_base_800ep.yaml", ["train.epochs=200"]),
-                     "adpe": ("adpe_rel_coord_vit_base_400ep.yaml", ["train.epochs=200"])},
+        "pretrain": {
+            "droppos": ("droppos_vit_base_200ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", ["train.epochs=200"]),
+            "adpe": ("adpe_rel_coord_vit_base_400ep.yaml", ["train.epochs=200"]),
+        },
     },
     "vit_b_800ep": {
         "size": "base",
-        "pretrain": {"droppos": ("droppos_vit_base_800ep.yaml", []),
-                     "mae": ("mae_vit_base_800ep.yaml", []),
-                     "adpe": ("adpe_rel_coord_vit_base_1600ep.yaml", ["train.epochs=800"])},
+        "pretrain": {
+            "droppos": ("droppos_vit_base_800ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", []),
+            "adpe": ("adpe_rel_coord_vit_base_1600ep.yaml", ["train.epochs=800"]),
+        },
     },
     "vit_l_800ep": {
         "size": "large",
-        "pretrain": {"droppos": ("droppos_vit_large_800ep.yaml", []),
-                     "mae": ("mae_vit_base_800ep.yaml", ["model.size=large"]),
-                     "adpe": ("adpe_rel_coord_vit_large_1600ep.yaml", ["train.epochs=800"])},
+        "pretrain": {
+            "droppos": ("droppos_vit_large_800ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", ["model.size=large"]),
+            "adpe": ("adpe_rel_coord_vit_large_1600ep.yaml", ["train.epochs=800"]),
+        },
     },
 }
 PAPER_TRANSFER = {
-    "base": {"finetune": "finetune_vit_base_100ep.yaml", "finetune_rel": "finetune_vit_base_relpos.yaml",
-             "linear_probe": "linear_probe_vit_base.yaml", "detection": "mask_rcnn_vitdet_b_100ep.py",
-             "segmentation": "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"},
-    "large": {"finetune": "finetune_vit_large_50ep.yaml", "finetune_rel": "finetune_vit_large_50ep.yaml",
-              "linear_probe": "linear_probe_vit_large.yaml", "detection": "mask_rcnn_vitdet_l_100ep.py",
-              "segmentation": "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py"},
+    "base": {
+        "finetune": "finetune_vit_base_100ep.yaml",
+        "finetune_rel": "finetune_vit_base_relpos.yaml",
+        "linear_probe": "linear_probe_vit_base.yaml",
+        "detection": "mask_rcnn_vitdet_b_100ep.py",
+        "segmentation": "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py",
+    },
+    "large": {
+        "finetune": "finetune_vit_large_50ep.yaml",
+        "finetune_rel": "finetune_vit_large_50ep.yaml",
+        "linear_probe": "linear_probe_vit_large.yaml",
+        "detection": "mask_rcnn_vitdet_l_100ep.py",
+        "segmentation": "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py",
+    },
 }
 
 
 def _torchrun(args: argparse.Namespace) -> list[str]:
     cmd = ["torchrun", f"--nproc_per_node={args.gpus}"]
     if args.nnodes > 1:
-        cmd += [f"--nnodes={args.nnodes}", f"--node_rank={args.node_rank}", f"--master_addr={args.master_addr}",
-                f"--master_port={args.master_port}"]
+        cmd += [
+            f"--nnodes={args.nnodes}",
+            f"--node_rank={args.node_rank}",
+            f"--master_addr={args.master_addr}",
+            f"--master_port={args.master_port}",
+        ]
     return cmd
 
 
@@ -234,32 +357,122 @@ def paper_stages(profile: str, out: Path, methods: list[str], args: argparse.Nam
         pre = run / "pretrain"
         backbone = pre / "backbone.pth"
         recipe, extra = spec["pretrain"][method]
-        stages.append(Stage(method, "pretrain", _torchrun(args) + [
-            "-m", "pretrain.main", "--config", f"pretrain/configs/{recipe}", f"train.output_dir={pre}",
-            f"data.path={args.imagenet}", *extra], pre / METRICS["pretrain"]))
+        stages.append(
+            Stage(
+                method,
+                "pretrain",
+                _torchrun(args)
+                + [
+                    "-m",
+                    "pretrain.main",
+                    "--config",
+                    f"pretrain/configs/{recipe}",
+                    f"train.output_dir={pre}",
+                    f"data.path={args.imagenet}",
+                    *extra,
+                ],
+                pre / METRICS["pretrain"],
+            )
+        )
         for task in ("finetune", "linear_probe"):
             cfg = transfer["finetune_rel" if task == "finetune" and method == "adpe" else task]
-            stages.append(Stage(method, task, _torchrun(args) + [
-                "-m", f"classification.{task}", "--config", f"classification/configs/{cfg}", f"checkpoint={backbone}",
-                f"train.output_dir={run / task}", f"data.path={args.imagenet}"], run / task / METRICS[task], needs=[backbone]))
+            stages.append(
+                Stage(
+                    method,
+                    task,
+                    _torchrun(args)
+                    + [
+                        "-m",
+                        f"classification.{task}",
+                        "--config",
+                        f"classification/configs/{cfg}",
+                        f"checkpoint={backbone}",
+                        f"train.output_dir={run / task}",
+                        f"data.path={args.imagenet}",
+                    ],
+                    run / task / METRICS[task],
+                    needs=[backbone],
+                )
+            )
         det = ["python", "-m", "detection.train_net", "--num-gpus", str(args.gpus)]
         if args.nnodes > 1:
-            det += ["--num-machines", str(args.nnodes), "--machine-rank", str(args.node_rank),
-                    "--dist-url", f"tcp://{args.master_addr}:{args.master_port}"]
-        stages.append(Stage(method, "detection", det + [
-            "--config-file", f"detection/configs/{transfer['detection']}", f"train.init_checkpoint={backbone}",
-            f"train.output_dir={run / 'detection'}"], run / "detection" / METRICS["detection"], needs=[backbone],
-            env={"DETECTRON2_DATASETS": str(args.coco)}))
-        ade = Path(args.ade20k) / "ADEChallengeData2016" if not str(args.ade20k).endswith("ADEChallengeData2016") else Path(args.ade20k)
-        stages.append(Stage(method, "segmentation", _torchrun(args) + [
-            "segmentation/train.py", f"segmentation/configs/{transfer['segmentation']}", "--launcher", "pytorch",
-            "--checkpoint", str(backbone), "--work-dir", str(run / "segmentation"), "--cfg-options",
-            f"train_dataloader.dataset.data_root={ade}", f"val_dataloader.dataset.data_root={ade}",
-            f"test_dataloader.dataset.data_root={ade}"], run / "segmentation" / METRICS["segmentation"], needs=[backbone]))
-        stages.append(Stage(method, "position_probe", [
-            "python", "-m", "analysis.position_probe", "--checkpoint", str(backbone), "--data", str(args.imagenet),
-            "--sweep", PROBE_SWEEP, "--output", str(run / "position_probe"), "--label", method, "--img-size", "224"],
-            run / "position_probe" / METRICS["position_probe"], needs=[backbone]))
+            det += [
+                "--num-machines",
+                str(args.nnodes),
+                "--machine-rank",
+                str(args.node_rank),
+                "--dist-url",
+                f"tcp://{args.master_addr}:{args.master_port}",
+            ]
+        stages.append(
+            Stage(
+                method,
+                "detection",
+                det
+                + [
+                    "--config-file",
+                    f"detection/configs/{transfer['detection']}",
+                    f"train.init_checkpoint={backbone}",
+                    f"train.output_dir={run / 'detection'}",
+                ],
+                run / "detection" / METRICS["detection"],
+                needs=[backbone],
+                env={"DETECTRON2_DATASETS": str(args.coco)},
+            )
+        )
+        ade = (
+            Path(args.ade20k) / "ADEChallengeData2016"
+            if not str(args.ade20k).endswith("ADEChallengeData2016")
+            else Path(args.ade20k)
+        )
+        stages.append(
+            Stage(
+                method,
+                "segmentation",
+                _torchrun(args)
+                + [
+                    "segmentation/train.py",
+                    f"segmentation/configs/{transfer['segmentation']}",
+                    "--launcher",
+                    "pytorch",
+                    "--checkpoint",
+                    str(backbone),
+                    "--work-dir",
+                    str(run / "segmentation"),
+                    "--cfg-options",
+                    f"train_dataloader.dataset.data_root={ade}",
+                    f"val_dataloader.dataset.data_root={ade}",
+                    f"test_dataloader.dataset.data_root={ade}",
+                ],
+                run / "segmentation" / METRICS["segmentation"],
+                needs=[backbone],
+            )
+        )
+        stages.append(
+            Stage(
+                method,
+                "position_probe",
+                [
+                    "python",
+                    "-m",
+                    "analysis.position_probe",
+                    "--checkpoint",
+                    str(backbone),
+                    "--data",
+                    str(args.imagenet),
+                    "--sweep",
+                    PROBE_SWEEP,
+                    "--output",
+                    str(run / "position_probe"),
+                    "--label",
+                    method,
+                    "--img-size",
+                    "224",
+                ],
+                run / "position_probe" / METRICS["position_probe"],
+                needs=[backbone],
+            )
+        )
     return stages
 
 
@@ -295,7 +508,9 @@ def _summary(stage: Stage) -> str:
         return ""
     if stage.name == "pretrain":
         final = m.get("final", {})
-        return ", ".join(f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, (int, float)) and k in ("loss", "pos_acc"))
+        return ", ".join(
+            f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, (int, float)) and k in ("loss", "pos_acc")
+        )
     if stage.name in ("finetune", "linear_probe"):
         return f"top-1 {m.get('top1', float('nan')):.2f}%"
     if stage.name == "detection":
@@ -318,15 +533,25 @@ def _wait_with_cpu(proc: subprocess.Popen) -> tuple[int, float]:
     return proc.returncode, usage.ru_utime + usage.ru_stime
 
 
-def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | None = None,
-              env_extra: dict[str, str] | None = None) -> dict:
+def run_stage(
+    stage: Stage,
+    out: Path,
+    verbose: bool = False,
+    timeout: float | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> dict:
     """Run (or skip) one stage; returns its status record (also saved in the run's stage_status.json)."""
     run_dir = out / stage.method
     tag = f"{stage.method}/{stage.name}"
     previous = read_status(run_dir).get(stage.name, {})
     if stage.metrics.is_file():
-        record = {"status": "done", "cached": True, "wall_seconds": previous.get("wall_seconds"),
-                  "cpu_seconds": previous.get("cpu_seconds"), "metrics": str(stage.metrics)}
+        record = {
+            "status": "done",
+            "cached": True,
+            "wall_seconds": previous.get("wall_seconds"),
+            "cpu_seconds": previous.get("cpu_seconds"),
+            "metrics": str(stage.metrics),
+        }
         print(f"[reproduce] {tag}: done before ({stage.metrics}), skipped", flush=True)
         write_status(run_dir, stage.name, record)
         return record
@@ -353,8 +578,9 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
     with open(log, "w") as f:
         f.write("$ " + stage.shell() + "\n")
         f.flush()
-        proc = subprocess.Popen(stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         watchdog = None
         if timeout is not None:
             watchdog = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
@@ -379,7 +605,10 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
         rc = f"stopped after --stage-timeout {timeout:g} s"
     if rc == 0 and stage.metrics.is_file():
         record = {"status": "done", "wall_seconds": wall, "cpu_seconds": cpu, "metrics": str(stage.metrics)}
-        print(f"[reproduce] {tag}: done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {_summary(stage)}", flush=True)
+        print(
+            f"[reproduce] {tag}: done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {_summary(stage)}",
+            flush=True,
+        )
     else:
         tail = log.read_text().strip().splitlines()[-15:]
         why = (rc if isinstance(rc, str) else f"exit code {rc}") if rc != 0 else f"no {stage.metrics.name} written"
@@ -391,8 +620,14 @@ def run_stage(stage: Stage, out: Path, verbose: bool = False, timeout: float | N
     return record
 
 
-def run_stages(stages: list[Stage], out: Path, jobs: int = 1, verbose: bool = False, timeout: float | None = None,
-               env_extra: dict[str, str] | None = None) -> dict[tuple[str, str], dict]:
+def run_stages(
+    stages: list[Stage],
+    out: Path,
+    jobs: int = 1,
+    verbose: bool = False,
+    timeout: float | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> dict[tuple[str, str], dict]:
     """Run stages in order, up to ``jobs`` at a time; a stage waits for the stage that writes what it needs."""
     records: dict[tuple[str, str], dict] = {}
     if jobs <= 1:
@@ -435,13 +670,17 @@ def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, 
         except Exception as exc:  # a picture must never sink the report
             print(f"[reproduce] picture '{caption}' not made: {type(exc).__name__}: {exc}", flush=True)
 
-    attempt("Position smoothing targets (paper vs reference code), 14x14 grid",
-            lambda: pictures.plot_smoothing_targets(pics_dir / "smoothing_targets.png"))
+    attempt(
+        "Position smoothing targets (paper vs reference code), 14x14 grid",
+        lambda: pictures.plot_smoothing_targets(pics_dir / "smoothing_targets.png"),
+    )
     probes = [out / m / "position_probe" / METRICS["position_probe"] for m in methods]
     probes = [p for p in probes if p.is_file()]
     if probes:
-        attempt("Position-probe accuracy against the share of dropped positions",
-                lambda: pictures.plot_probe_curves(probes, pics_dir / "position_probe_curves.png"))
+        attempt(
+            "Position-probe accuracy against the share of dropped positions",
+            lambda: pictures.plot_probe_curves(probes, pics_dir / "position_probe_curves.png"),
+        )
     for method in methods:
         pre = out / method / "pretrain"
         backbone = pre / "backbone.pth"
@@ -449,25 +688,43 @@ def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, 
             continue
         full = sorted(pre.glob("checkpoint-*.pth"))
         ckpt = full[-1] if method == "droppos" and full else backbone
-        attempt(f"{method}: predicted positions of patches",
-                lambda c=ckpt, m=method: pictures.positions_picture(c, pics_dir, data=data, label=m, probe_epochs=10))
-        attempt(f"{method}: attentive-reconstruction weights",
-                lambda m=method, b=backbone: pictures.attention_picture(b, pics_dir, data=data, label=m))
+        attempt(
+            f"{method}: predicted positions of patches",
+            lambda c=ckpt, m=method: pictures.positions_picture(c, pics_dir, data=data, label=m, probe_epochs=10),
+        )
+        attempt(
+            f"{method}: attentive-reconstruction weights",
+            lambda m=method, b=backbone: pictures.attention_picture(b, pics_dir, data=data, label=m),
+        )
     return made
 
 
-def write_report(out: Path, profile: str, stages: list[Stage], records: dict[tuple[str, str], dict],
-                 methods: list[str], pictures_made: list[tuple[str, Path]], wall: float) -> Path:
+def write_report(
+    out: Path,
+    profile: str,
+    stages: list[Stage],
+    records: dict[tuple[str, str], dict],
+    methods: list[str],
+    pictures_made: list[tuple[str, Path]],
+    wall: float,
+) -> Path:
     """<out>/report.md: stage wall times, the comparison tables and the pictures."""
     from .tables import MetricsError, build_tables
 
     lines = [f"# DropPos / MAE / AdPE: {profile} report", ""]
     if profile == "demo":
-        lines += ["Built-in synthetic data, ViT-Tiny with 8 px patches, CPU, minutes of training per stage: the numbers "
-                  "show that every stage runs end to end and how the methods compare at this toy scale; they are not "
-                  "comparable with the papers' ImageNet-scale numbers listed beside them.", ""]
-    lines += [f"Wall time of this invocation: {wall / 60:.1f} min.", "",
-              "## Stages (status, wall time / CPU time of the stage's processes)", ""]
+        lines += [
+            "Built-in synthetic data, ViT-Tiny with 8 px patches, CPU, minutes of training per stage: the numbers "
+            "show that every stage runs end to end and how the methods compare at this toy scale; they are not "
+            "comparable with the papers' ImageNet-scale numbers listed beside them.",
+            "",
+        ]
+    lines += [
+        f"Wall time of this invocation: {wall / 60:.1f} min.",
+        "",
+        "## Stages (status, wall time / CPU time of the stage's processes)",
+        "",
+    ]
     header = "| stage | " + " | ".join(methods) + " |"
     lines += [header, "|" + "---|" * (len(methods) + 1)]
     for name in STAGES:
@@ -478,10 +735,13 @@ def write_report(out: Path, profile: str, stages: list[Stage], records: dict[tup
             if state == "skipped" and r.get("reason"):
                 state = f"skipped ({r['reason']})"
             elif state == "failed":
-                state = f"failed ({r.get('reason')}; see {Path(r.get('log', '')).relative_to(out) if r.get('log') else 'log'})"
+                log = Path(r["log"]).relative_to(out) if r.get("log") else "log"
+                state = f"failed ({r.get('reason')}; see {log})"
             secs, cpu = r.get("wall_seconds"), r.get("cpu_seconds")
             if isinstance(secs, (int, float)):
-                state += f", {secs / 60:.1f} min" + (f" / CPU {cpu / 60:.1f} min" if isinstance(cpu, (int, float)) else "")
+                state += f", {secs / 60:.1f} min" + (
+                    f" / CPU {cpu / 60:.1f} min" if isinstance(cpu, (int, float)) else ""
+                )
                 state += " (earlier run)" if r.get("cached") else ""
             cells.append(state)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -512,11 +772,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--launch", action="store_true", help="paper profiles: run the commands (default: print them)")
     p.add_argument("--dry-run", action="store_true", help="print the commands of any profile and exit")
     p.add_argument("--verbose", action="store_true", help="stream every stage's output")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="stages run at once (demo default 2: on a small CPU two 1-thread stages beat one 2-thread stage; "
-                        "paper profiles: always 1)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads per stage (OMP_NUM_THREADS); default: the cores divided by --jobs")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="stages run at once (demo default 2: on a small CPU two 1-thread stages beat one 2-thread stage; "
+        "paper profiles: always 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per stage (OMP_NUM_THREADS); default: the cores divided by --jobs",
+    )
     p.add_argument("--stage-timeout", type=float, default=None, help="seconds after which a stage is stopped")
     p.add_argument("--no-pictures", action="store_true")
     g = p.add_argument_group("demo")
@@ -555,13 +823,25 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in args.stages.split(",") if s]
     bad = [m for m in methods if m not in METHODS] + [s for s in chosen if s not in STAGES]
     if bad:
-        print(f"error: unknown method or stage: {', '.join(bad)} (methods: {', '.join(METHODS)}; stages: {', '.join(STAGES)})",
-              file=sys.stderr)
+        print(
+            f"error: unknown method or stage: {', '.join(bad)} "
+            f"(methods: {', '.join(METHODS)}; stages: {', '.join(STAGES)})",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.output or f"outputs/{args.profile}")
-    stages = [s for stage_name in STAGES if stage_name in chosen for s in build_stages(args, out, methods) if s.name == stage_name]
+    stages = [
+        s
+        for stage_name in STAGES
+        if stage_name in chosen
+        for s in build_stages(args, out, methods)
+        if s.name == stage_name
+    ]
     if args.dry_run or (args.profile != "demo" and not args.launch):
-        print(f"# {args.profile}: {len(stages)} stages, run in this order from {ROOT} (each skips itself once its metrics exist):")
+        print(
+            f"# {args.profile}: {len(stages)} stages, run in this order from {ROOT} "
+            "(each skips itself once its metrics exist):"
+        )
         for s in stages:
             print(f"# {s.method} / {s.name} -> {s.metrics}")
             print(s.shell())
@@ -579,13 +859,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
     made = []
-    if not args.no_pictures and args.profile == "demo":
+    if not args.no_pictures:
         t = time.time()
         if threads:
             import torch
 
             torch.set_num_threads(max(threads, 1))
-        made = make_pictures(out, Path(args.data), methods)
+        made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), methods)
         print(f"[reproduce] pictures: {len(made)} made ({time.time() - t:.0f} s)", flush=True)
     report = write_report(out, args.profile, stages, records, methods, made, time.time() - t0)
     print(f"[reproduce] report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)

@@ -17,6 +17,7 @@ row, the methods side by side, the position probe per drop ratio, the papers'
 numbers) and ``results.csv``, ``side_by_side.csv``, ``position_probe.csv``,
 ``paper_numbers.csv``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -101,7 +102,9 @@ def load_metrics_file(path: str | Path) -> dict:
     elif task == "ade20k_segmentation":
         _require(data, "mIoU", path, _is_num, "a mIoU in percent or null", nullable=True)
     elif task == "position_probe":
-        results = _require(data, "results", path, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of results")
+        results = _require(
+            data, "results", path, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of results"
+        )
         for i, r in enumerate(results):
             if not isinstance(r, dict):
                 raise MetricsError(f"{path}: results[{i}] must be an object, got {r!r}")
@@ -139,8 +142,14 @@ class RunResults:
 
 
 def _stage_of(data: dict) -> str:
-    return {"pretrain": "pretrain", "finetune": "finetune", "linear_probe": "linear_probe", "coco_detection": "detection",
-            "ade20k_segmentation": "segmentation", "position_probe": "position_probe"}[data["task"]]
+    return {
+        "pretrain": "pretrain",
+        "finetune": "finetune",
+        "linear_probe": "linear_probe",
+        "coco_detection": "detection",
+        "ade20k_segmentation": "segmentation",
+        "position_probe": "position_probe",
+    }[data["task"]]
 
 
 def _size_from_arch(arch: str | None) -> str | None:
@@ -168,18 +177,24 @@ def collect_run(run_dir: str | Path) -> RunResults:
         items.sort(key=lambda t: t[0])
         if len(items) > 1:
             if stage == "pretrain":
-                raise MetricsError(f"{run_dir}: several pretraining runs ({', '.join(str(p) for _, p, _ in items)}); "
-                                   "pass one folder per pretraining run")
+                raise MetricsError(
+                    f"{run_dir}: several pretraining runs ({', '.join(str(p) for _, p, _ in items)}); "
+                    "pass one folder per pretraining run"
+                )
             warnings.append(f"{stage}: {len(items)} metrics files, the newest is used ({items[-1][1]})")
         _, files[stage], metrics[stage] = items[-1]
     pre = metrics.get("pretrain", {})
-    method = pre.get("method") or next((m.get("method") for m in metrics.values() if isinstance(m.get("method"), str)), None)
+    method = pre.get("method") or next(
+        (m.get("method") for m in metrics.values() if isinstance(m.get("method"), str)), None
+    )
     if method is None:
         lowered = run_dir.name.lower()
         method = next((m for m in METHOD_ORDER if m in lowered), None)
     if method is None:
-        raise MetricsError(f"{run_dir}: cannot tell the method (no pretrain_metrics.json, no 'method' key, "
-                           "and the folder name names none of droppos, mae, adpe)")
+        raise MetricsError(
+            f"{run_dir}: cannot tell the method (no pretrain_metrics.json, no 'method' key, "
+            "and the folder name names none of droppos, mae, adpe)"
+        )
     arch = pre.get("arch") or next((m.get("arch") for m in metrics.values() if isinstance(m.get("arch"), str)), None)
     status = {}
     status_path = run_dir / STATUS_FILE
@@ -188,9 +203,20 @@ def collect_run(run_dir: str | Path) -> RunResults:
             status = json.loads(status_path.read_text())
         except json.JSONDecodeError as exc:
             raise MetricsError(f"{status_path}: not valid JSON ({exc})") from None
-    return RunResults(name=run_dir.name, path=run_dir, method=method, size=_size_from_arch(arch), arch=arch,
-                      epochs=pre.get("epochs"), cost=pre.get("cost", {}), final=pre.get("final", {}) or {},
-                      metrics=metrics, files=files, status=status, warnings=warnings)
+    return RunResults(
+        name=run_dir.name,
+        path=run_dir,
+        method=method,
+        size=_size_from_arch(arch),
+        arch=arch,
+        epochs=pre.get("epochs"),
+        cost=pre.get("cost", {}),
+        final=pre.get("final", {}) or {},
+        metrics=metrics,
+        files=files,
+        status=status,
+        warnings=warnings,
+    )
 
 
 def collect_runs(run_dirs: list[str | Path]) -> list[RunResults]:
@@ -250,7 +276,9 @@ def run_values(run: RunResults) -> dict[str, str]:
         out[f"pos. probe top-1 @{PROBE_RATIO:g}"] = f"{100 * pr['top1']:.1f} (chance {100 * pr['chance']:.1f})"
         out[f"pos. probe within-1 @{PROBE_RATIO:g}"] = fmt(100 * pr["within1"])
     else:
-        out[f"pos. probe top-1 @{PROBE_RATIO:g}"] = out[f"pos. probe within-1 @{PROBE_RATIO:g}"] = _missing(run, "position_probe")
+        out[f"pos. probe top-1 @{PROBE_RATIO:g}"] = out[f"pos. probe within-1 @{PROBE_RATIO:g}"] = _missing(
+            run, "position_probe"
+        )
     return out
 
 
@@ -264,9 +292,21 @@ def _backbone_text(size: str | None, arch: str | None) -> str:
 
 
 # --------------------------------------------------------------------------- tables
-RESULT_COLUMNS = ["source", "method", "backbone", "PT epochs", "PT cost", "PT final loss", "FT top-1", "LP top-1",
-                  "COCO AP box", "COCO AP mask", "ADE mIoU", f"pos. probe top-1 @{PROBE_RATIO:g}",
-                  f"pos. probe within-1 @{PROBE_RATIO:g}"]
+RESULT_COLUMNS = [
+    "source",
+    "method",
+    "backbone",
+    "PT epochs",
+    "PT cost",
+    "PT final loss",
+    "FT top-1",
+    "LP top-1",
+    "COCO AP box",
+    "COCO AP mask",
+    "ADE mIoU",
+    f"pos. probe top-1 @{PROBE_RATIO:g}",
+    f"pos. probe within-1 @{PROBE_RATIO:g}",
+]
 
 
 def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -274,19 +314,48 @@ def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[l
     rows = []
     for run in runs:
         v = run_values(run)
-        rows.append(["this run: " + run.name, run.label, _backbone_text(run.size, run.arch)] + [v[c] for c in RESULT_COLUMNS[3:]])
+        rows.append(
+            ["this run: " + run.name, run.label, _backbone_text(run.size, run.arch)]
+            + [v[c] for c in RESULT_COLUMNS[3:]]
+        )
     if include_paper:
         for p in PAPER_ROWS:
             gains = GAINS_OVER_MAE.get(p.method, {}) if p.variant.endswith("(transfer)") else {}
-            cell = lambda key, val: fmt(val) if val is not None else (f"MAE +{gains[key]:g}" if key in gains else "—")  # noqa: E731
-            rows.append([f"paper: {p.source}", p.variant, p.arch, fmt(p.epochs, 0) if p.epochs else "n/s", "—", "—",
-                         fmt(p.finetune_top1), "—", cell("coco_box_ap", p.coco_box_ap), cell("coco_mask_ap", p.coco_mask_ap),
-                         cell("ade_miou", p.ade_miou), "—", "—"])
+            cell = lambda key, val: (
+                fmt(val) if val is not None else (f"MAE +{gains[key]:g}" if key in gains else "—")
+            )  # noqa: E731
+            rows.append(
+                [
+                    f"paper: {p.source}",
+                    p.variant,
+                    p.arch,
+                    fmt(p.epochs, 0) if p.epochs else "n/s",
+                    "—",
+                    "—",
+                    fmt(p.finetune_top1),
+                    "—",
+                    cell("coco_box_ap", p.coco_box_ap),
+                    cell("coco_mask_ap", p.coco_mask_ap),
+                    cell("ade_miou", p.ade_miou),
+                    "—",
+                    "—",
+                ]
+            )
     return RESULT_COLUMNS, rows
 
 
-SIDE_ROWS = ["PT epochs", "PT cost", "PT final loss", "FT top-1", "LP top-1", "COCO AP box", "COCO AP mask", "ADE mIoU",
-             f"pos. probe top-1 @{PROBE_RATIO:g}", f"pos. probe within-1 @{PROBE_RATIO:g}"]
+SIDE_ROWS = [
+    "PT epochs",
+    "PT cost",
+    "PT final loss",
+    "FT top-1",
+    "LP top-1",
+    "COCO AP box",
+    "COCO AP mask",
+    "ADE mIoU",
+    f"pos. probe top-1 @{PROBE_RATIO:g}",
+    f"pos. probe within-1 @{PROBE_RATIO:g}",
+]
 
 
 def _paper_cell(method: str, size: str, row: str) -> str:
@@ -335,9 +404,11 @@ def probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
             continue
         by = {r["drop_ratio"]: r for r in m["results"]}
         grid = "x".join(str(g) for g in m.get("grid", [])) or "?"
-        rows.append([run.label, grid, str(m.get("replacement", "?"))]
-                    + [f"{100 * by[x]['top1']:.1f} / {100 * by[x]['within1']:.1f}" if x in by else "—" for x in ratios]
-                    + [f"{100 * m['results'][0]['chance']:.1f}"])
+        rows.append(
+            [run.label, grid, str(m.get("replacement", "?"))]
+            + [f"{100 * by[x]['top1']:.1f} / {100 * by[x]['within1']:.1f}" if x in by else "—" for x in ratios]
+            + [f"{100 * m['results'][0]['chance']:.1f}"]
+        )
     return header, rows
 
 
@@ -358,9 +429,33 @@ def stages_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
 
 
 def paper_table() -> tuple[list[str], list[list[str]]]:
-    header = ["method", "variant", "backbone", "PT epochs", "FT top-1", "COCO AP box", "COCO AP mask", "ADE mIoU", "source", "note"]
-    rows = [[METHOD_NAMES[p.method], p.variant, p.arch, fmt(p.epochs, 0) if p.epochs else "n/s", fmt(p.finetune_top1),
-             fmt(p.coco_box_ap), fmt(p.coco_mask_ap), fmt(p.ade_miou), p.source, p.note] for p in PAPER_ROWS]
+    header = [
+        "method",
+        "variant",
+        "backbone",
+        "PT epochs",
+        "FT top-1",
+        "COCO AP box",
+        "COCO AP mask",
+        "ADE mIoU",
+        "source",
+        "note",
+    ]
+    rows = [
+        [
+            METHOD_NAMES[p.method],
+            p.variant,
+            p.arch,
+            fmt(p.epochs, 0) if p.epochs else "n/s",
+            fmt(p.finetune_top1),
+            fmt(p.coco_box_ap),
+            fmt(p.coco_mask_ap),
+            fmt(p.ade_miou),
+            p.source,
+            p.note,
+        ]
+        for p in PAPER_ROWS
+    ]
     return header, rows
 
 
@@ -390,9 +485,17 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
     runs = collect_runs(run_dirs)
     parts = []
     sections = [
-        ("Side by side (this suite's runs next to each paper's headline numbers)", side_by_side_table(runs), "side_by_side.csv"),
+        (
+            "Side by side (this suite's runs next to each paper's headline numbers)",
+            side_by_side_table(runs),
+            "side_by_side.csv",
+        ),
         ("All results, pretraining cost beside each row", results_table(runs), "results.csv"),
-        ("Position-prediction probe (top-1 / within one cell, % of held-out tokens)", probe_table(runs), "position_probe.csv"),
+        (
+            "Position-prediction probe (top-1 / within one cell, % of held-out tokens)",
+            probe_table(runs),
+            "position_probe.csv",
+        ),
         ("Stages", stages_table(runs), "stages.csv"),
         ("Reported in the papers", paper_table(), "paper_numbers.csv"),
     ]
@@ -402,9 +505,11 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
             continue
         parts.append(f"### {title}\n\n" + (to_markdown(header, rows) if rows else "(no results)"))
     notes = [w for r in runs for w in r.warnings]
-    legend = ("FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "
-              "PT cost = pretraining wall time (GPU hours or CPU minutes); n/s = not stated; "
-              "'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table.")
+    legend = (
+        "FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "
+        "PT cost = pretraining wall time (GPU hours or CPU minutes); n/s = not stated; "
+        "'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table."
+    )
     md = "\n\n".join(parts) + "\n\n" + legend + "\n"
     if notes:
         md += "\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"

@@ -1,4 +1,5 @@
 """Analysis: position probe, pictures, comparison tables and the end-to-end driver."""
+
 import json
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from analysis.position_probe import (
     encode_with_dropped_positions,
     run_probe,
 )
-from pretrain.checkpoints import encoder_state_dict
+from pretrain.checkpoints import encoder_state_dict, to_reference_layout
 from pretrain.models import DropPos, create_vit
 
 
@@ -38,9 +39,17 @@ def tiny_droppos(img: int = 48, depth: int = 4, dim: int = 96) -> DropPos:
 
 def save_ours(model: DropPos, path: Path) -> Path:
     """As our pretraining checkpoints: method weights under 'model', config with the head's width."""
-    torch.save({"model": model.state_dict(), "method": "droppos",
-                "config": {"method": "droppos", "droppos": {"decoder_heads": 4, "mask_ratio": 0.75, "pos_drop_ratio": 0.75}}},
-               path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "method": "droppos",
+            "config": {
+                "method": "droppos",
+                "droppos": {"decoder_heads": 4, "mask_ratio": 0.75, "pos_drop_ratio": 0.75},
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -91,17 +100,32 @@ def test_mask_pos_token_read_beside_backbone(tmp_path):
     assert load_backbone(tmp_path / "backbone.pth", replacement="zero").position_token.abs().sum() == 0
     bb64 = load_backbone(tmp_path / "backbone.pth", img_size=64)
     assert bb64.grid_size == (8, 8) and bb64.model.pos_embed.shape[1] == 65
+    # the reference code's layout: flat keys, DDP prefix, an argparse Namespace pickled beside
+    import argparse
+
+    flat = {"module." + k: v for k, v in to_reference_layout(model.state_dict()).items()}
+    (tmp_path / "ref").mkdir()
+    torch.save({"model": flat, "args": argparse.Namespace(blr=1.5e-4), "epoch": 199}, tmp_path / "ref" / "x.pth")
+    ref = load_backbone(tmp_path / "ref" / "x.pth")
+    assert ref.method == "droppos" and ref.source_format == "droppos" and ref.replacement == "mask_pos_token"
+    assert any("argparse.Namespace" in n for n in ref.notes)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(ref.model.forward_features(x), bb.model.forward_features(x))
 
 
 # --------------------------------------------------------------------------- probe acceptance
 def write_noise_folder(root: Path, per_split: dict[str, int], size: int = 54, seed: int = 0) -> Path:
-    """An ImageFolder of i.i.d. uniform noise: no spatial structure at all (size = the eval resize, so no resampling)."""
+    """An ImageFolder of i.i.d. uniform noise: no spatial structure at all.
+
+    ``size`` is the eval transform's resize target, so the pixels are not resampled."""
     rng = np.random.default_rng(seed)
     for split, n in per_split.items():
         for cls in ("a", "b"):
             (root / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png"
+                )
     return root
 
 
@@ -137,9 +161,12 @@ def trained_droppos(tmp_path_factory, small_builtin):
     torch.manual_seed(0)
     model = tiny_droppos()
     save_ours(model, out / "init.pth")
-    ds = ImageFolderDataset(small_builtin / "imagenet", "train", transform=build_pretrain_transform(48, scale=(0.35, 1.0)))
-    loader = torch.utils.data.DataLoader(ds, batch_size=40, shuffle=True, drop_last=True,
-                                         generator=torch.Generator().manual_seed(0))
+    ds = ImageFolderDataset(
+        small_builtin / "imagenet", "train", transform=build_pretrain_transform(48, scale=(0.35, 1.0))
+    )
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=40, shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(0)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(0)
     step = 0
@@ -159,8 +186,10 @@ def trained_droppos(tmp_path_factory, small_builtin):
 
 def test_probe_well_above_chance_for_trained_droppos(trained_droppos, tmp_path):
     settings = ProbeSettings(epochs=20, num_workers=0)
-    res = {k: run_probe(trained_droppos[k], trained_droppos["data"], [0.75], settings, verbose=False)["results"][0]
-           for k in ("init", "trained")}
+    res = {
+        k: run_probe(trained_droppos[k], trained_droppos["data"], [0.75], settings, verbose=False)["results"][0]
+        for k in ("init", "trained")
+    }
     chance = res["trained"]["chance"]
     assert chance == pytest.approx(1 / 36)
     # Measured: trained 0.154 top-1 vs 0.108 for the same network untrained (chance 0.028).
@@ -182,11 +211,18 @@ def assert_png(path: Path, kind: str) -> None:
 def test_pictures_are_valid_pngs(trained_droppos, tmp_path):
     ckpt, data = trained_droppos["trained"], trained_droppos["data"]
     assert_png(pictures.positions_picture(ckpt, tmp_path, data=data, label="head"), "positions")
-    assert_png(pictures.positions_picture(ckpt, tmp_path, data=data, mode="probe", probe_epochs=5, label="probe"), "positions")
+    assert_png(
+        pictures.positions_picture(ckpt, tmp_path, data=data, mode="probe", probe_epochs=5, label="probe"), "positions"
+    )
     assert_png(pictures.attention_picture(ckpt, tmp_path, data=data), "attention")
     assert_png(pictures.plot_smoothing_targets(tmp_path / "smooth.png"), "smoothing")
-    probe = {"task": "position_probe", "label": "x", "results": [
-        {"drop_ratio": r, "top1": 0.5 - 0.3 * r, "within1": 0.8 - 0.3 * r, "chance": 1 / 36} for r in (0, 0.5, 1)]}
+    probe = {
+        "task": "position_probe",
+        "label": "x",
+        "results": [
+            {"drop_ratio": r, "top1": 0.5 - 0.3 * r, "within1": 0.8 - 0.3 * r, "chance": 1 / 36} for r in (0, 0.5, 1)
+        ],
+    }
     assert_png(pictures.plot_probe_curves([probe, dict(probe, label="y")], tmp_path / "curves.png"), "curves")
     # CLI
     assert pictures.main(["smoothing", "--out", str(tmp_path / "cli"), "--grid", "8", "--img-size", "64"]) == 0
@@ -202,24 +238,47 @@ def write_json(path: Path, data) -> Path:
 
 def make_run(root: Path, method: str, top1: float, probe: float = 0.2, with_seg: bool = True) -> Path:
     run = root / method
-    write_json(run / "pretrain" / "pretrain_metrics.json", {
-        "task": "pretrain", "method": method, "arch": "vit_tiny_patch8_64", "epochs": 6, "extra_key": [1, 2],
-        "final": {"loss": 1.2345, "pos_acc": 0.1}, "cost": {"gpu_hours": 0.0, "cpu_minutes": 2.5}})
+    write_json(
+        run / "pretrain" / "pretrain_metrics.json",
+        {
+            "task": "pretrain",
+            "method": method,
+            "arch": "vit_tiny_patch8_64",
+            "epochs": 6,
+            "extra_key": [1, 2],
+            "final": {"loss": 1.2345, "pos_acc": 0.1},
+            "cost": {"gpu_hours": 0.0, "cpu_minutes": 2.5},
+        },
+    )
     write_json(run / "finetune" / "classification_metrics.json", {"task": "finetune", "top1": top1, "top5": 99.0})
     write_json(run / "linear_probe" / "classification_metrics.json", {"task": "linear_probe", "top1": top1 - 10})
-    write_json(run / "detection" / "detection_metrics.json", {"task": "coco_detection", "bbox_AP": 12.5, "segm_AP": None})
+    write_json(
+        run / "detection" / "detection_metrics.json", {"task": "coco_detection", "bbox_AP": 12.5, "segm_AP": None}
+    )
     if with_seg:
         write_json(run / "segmentation" / "segmentation_metrics.json", {"task": "ade20k_segmentation", "mIoU": 33.3})
-    write_json(run / "position_probe" / "position_probe_metrics.json", {
-        "task": "position_probe", "grid": [8, 8], "replacement": "zero",
-        "results": [{"drop_ratio": 0.75, "top1": probe, "within1": 0.5, "chance": 1 / 64}]})
+    write_json(
+        run / "position_probe" / "position_probe_metrics.json",
+        {
+            "task": "position_probe",
+            "grid": [8, 8],
+            "replacement": "zero",
+            "results": [{"drop_ratio": 0.75, "top1": probe, "within1": 0.5, "chance": 1 / 64}],
+        },
+    )
     return run
 
 
 def test_tables_three_methods_side_by_side(tmp_path):
-    runs = [make_run(tmp_path, "droppos", 71.0, 0.3), make_run(tmp_path, "mae", 70.0, 0.1),
-            make_run(tmp_path, "adpe", 69.5, 0.12, with_seg=False)]
-    write_json(runs[2] / "stage_status.json", {"segmentation": {"status": "skipped", "reason": "not available: mmseg not installed"}})
+    runs = [
+        make_run(tmp_path, "droppos", 71.0, 0.3),
+        make_run(tmp_path, "mae", 70.0, 0.1),
+        make_run(tmp_path, "adpe", 69.5, 0.12, with_seg=False),
+    ]
+    write_json(
+        runs[2] / "stage_status.json",
+        {"segmentation": {"status": "skipped", "reason": "not available: mmseg not installed"}},
+    )
     md, found = tables.build_tables([runs[1], runs[2], runs[0]], tmp_path / "report")
     assert [r.method for r in found] == ["droppos", "mae", "adpe"]
     header = next(line for line in md.splitlines() if line.startswith("| measure"))
@@ -241,16 +300,25 @@ def test_tables_three_methods_side_by_side(tmp_path):
         assert (tmp_path / "report" / name).is_file()
 
 
-@pytest.mark.parametrize("name,content,needle", [
-    ("finetune/classification_metrics.json", {"task": "finetune", "top5": 90.0}, "'top1' is missing"),
-    ("finetune/classification_metrics.json", {"task": "finetune", "top1": "high"}, "'top1' must be"),
-    ("finetune/classification_metrics.json", {"task": "coco_detection", "top1": 1.0}, "does not belong"),
-    ("detection/detection_metrics.json", "{not json", "not valid JSON"),
-    ("pretrain/pretrain_metrics.json", {"task": "pretrain", "method": "mae", "epochs": 1, "cost": {"cpu_minutes": 1}},
-     "'cost.gpu_hours' is missing"),
-    ("position_probe/position_probe_metrics.json", {"task": "position_probe", "results": [{"drop_ratio": 0.75}]},
-     "results[0].top1"),
-])
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("finetune/classification_metrics.json", {"task": "finetune", "top5": 90.0}, "'top1' is missing"),
+        ("finetune/classification_metrics.json", {"task": "finetune", "top1": "high"}, "'top1' must be"),
+        ("finetune/classification_metrics.json", {"task": "coco_detection", "top1": 1.0}, "does not belong"),
+        ("detection/detection_metrics.json", "{not json", "not valid JSON"),
+        (
+            "pretrain/pretrain_metrics.json",
+            {"task": "pretrain", "method": "mae", "epochs": 1, "cost": {"cpu_minutes": 1}},
+            "'cost.gpu_hours' is missing",
+        ),
+        (
+            "position_probe/position_probe_metrics.json",
+            {"task": "position_probe", "results": [{"drop_ratio": 0.75}]},
+            "results[0].top1",
+        ),
+    ],
+)
 def test_tables_fail_clearly_on_malformed_file(tmp_path, capsys, name, content, needle):
     run = make_run(tmp_path, "droppos", 70.0)
     bad = write_json(run / name, content)
@@ -262,15 +330,24 @@ def test_tables_fail_clearly_on_malformed_file(tmp_path, capsys, name, content, 
 
 
 # --------------------------------------------------------------------------- reproduce
-def stub(method: str, name: str, out: Path, metrics: dict | None, available: str = "", fail: bool = False,
-         needs: list[Path] = ()) -> reproduce.Stage:
+def stub(
+    method: str,
+    name: str,
+    out: Path,
+    metrics: dict | None,
+    available: str = "",
+    fail: bool = False,
+    needs: list[Path] = (),
+) -> reproduce.Stage:
     """A stage whose process writes ``metrics`` (after a short nap, so that ordering matters) or fails."""
     path = out / method / name / reproduce.METRICS[name]
     if fail:
         code = "import sys; print('boom'); sys.exit(3)"
     else:
-        code = f"import json, pathlib, time; time.sleep(0.3); p = pathlib.Path({str(path)!r}); " \
-               f"p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps({metrics!r}))"
+        code = (
+            f"import json, pathlib, time; time.sleep(0.3); p = pathlib.Path({str(path)!r}); "
+            f"p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps({metrics!r}))"
+        )
     return reproduce.Stage(method, name, [sys.executable, "-c", code], path, needs=list(needs), available=available)
 
 
@@ -281,14 +358,32 @@ def test_reproduce_runs_stages_skips_done_and_reports(tmp_path, monkeypatch, cap
         calls.append(methods)
         stages = []
         for m, top1 in zip(methods, (71.0, 70.0, 69.0)):
-            pre = stub(m, "pretrain", out, {"task": "pretrain", "method": m, "arch": "vit_tiny_patch8_64", "epochs": 1,
-                                            "final": {"loss": 1.0}, "cost": {"gpu_hours": 0, "cpu_minutes": 0.1}})
+            pre = stub(
+                m,
+                "pretrain",
+                out,
+                {
+                    "task": "pretrain",
+                    "method": m,
+                    "arch": "vit_tiny_patch8_64",
+                    "epochs": 1,
+                    "final": {"loss": 1.0},
+                    "cost": {"gpu_hours": 0, "cpu_minutes": 0.1},
+                },
+            )
             stages.append(pre)
             # needs the pretraining output: with 2 jobs it must wait for its pretraining stage
             stages.append(stub(m, "finetune", out, {"task": "finetune", "top1": top1}, needs=[pre.metrics]))
             stages.append(stub(m, "segmentation", out, None, available="mmseg not installed"))
-            stages.append(stub(m, "detection", out, {"task": "coco_detection", "bbox_AP": 10.0, "segm_AP": None},
-                               fail=(m == "adpe")))
+            stages.append(
+                stub(
+                    m,
+                    "detection",
+                    out,
+                    {"task": "coco_detection", "bbox_AP": 10.0, "segm_AP": None},
+                    fail=(m == "adpe"),
+                )
+            )
         return stages
 
     monkeypatch.setattr(reproduce, "build_stages", fake_stages)
@@ -315,17 +410,40 @@ def test_reproduce_runs_stages_skips_done_and_reports(tmp_path, monkeypatch, cap
 
 
 def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
-    rc = reproduce.main(["--profile", "vit_b_200ep", "--output", str(tmp_path / "b200"), "--imagenet", "/in1k",
-                         "--gpus", "4", "--nnodes", "2", "--node-rank", "1", "--master-addr", "10.0.0.1"])
+    rc = reproduce.main(
+        [
+            "--profile",
+            "vit_b_200ep",
+            "--output",
+            str(tmp_path / "b200"),
+            "--imagenet",
+            "/in1k",
+            "--gpus",
+            "4",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master-addr",
+            "10.0.0.1",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
-    assert ("torchrun --nproc_per_node=4 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 "
-            "-m pretrain.main --config pretrain/configs/droppos_vit_base_200ep.yaml") in text
+    assert (
+        "torchrun --nproc_per_node=4 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 --master_port=29500 "
+        "-m pretrain.main --config pretrain/configs/droppos_vit_base_200ep.yaml"
+    ) in text
     assert "mae_vit_base_800ep.yaml" in text and "train.epochs=200" in text
-    assert "-m classification.finetune --config classification/configs/finetune_vit_base_relpos.yaml" in text  # AdPE rel
+    assert (
+        "-m classification.finetune --config classification/configs/finetune_vit_base_relpos.yaml" in text
+    )  # AdPE rel
     assert "python -m detection.train_net --num-gpus 4 --num-machines 2 --machine-rank 1" in text
     assert "mask_rcnn_vitdet_b_100ep.py" in text
-    assert "segmentation/train.py segmentation/configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py --launcher pytorch" in text
+    assert (
+        "segmentation/train.py segmentation/configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py --launcher pytorch"
+        in text
+    )
     assert "-m analysis.position_probe" in text and "--data /in1k" in text
     assert not (tmp_path / "b200").exists()  # printing only
     assert reproduce.main(["--profile", "demo", "--methods", "droppos,bogus"]) == 2
@@ -333,12 +451,21 @@ def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
 
 def test_stage_timeout_and_missing_input_are_reported(tmp_path, capsys):
     out = tmp_path / "o"
-    slow = reproduce.Stage("mae", "finetune", [sys.executable, "-c", "import time; print('start', flush=True); time.sleep(60)"],
-                           out / "mae" / "finetune" / "classification_metrics.json")
+    slow = reproduce.Stage(
+        "mae",
+        "finetune",
+        [sys.executable, "-c", "import time; print('start', flush=True); time.sleep(60)"],
+        out / "mae" / "finetune" / "classification_metrics.json",
+    )
     rec = reproduce.run_stage(slow, out, timeout=1.0)
     assert rec["status"] == "failed" and "stage-timeout" in rec["reason"] and rec["wall_seconds"] < 30
     assert "start" in (out / "mae" / "logs" / "finetune.log").read_text()
-    needy = reproduce.Stage("mae", "detection", [sys.executable, "-c", "pass"], out / "mae" / "detection" / "x.json",
-                            needs=[out / "mae" / "pretrain" / "backbone.pth"])
+    needy = reproduce.Stage(
+        "mae",
+        "detection",
+        [sys.executable, "-c", "pass"],
+        out / "mae" / "detection" / "x.json",
+        needs=[out / "mae" / "pretrain" / "backbone.pth"],
+    )
     rec = reproduce.run_stage(needy, out)
     assert rec["status"] == "skipped" and "backbone.pth" in rec["reason"]
