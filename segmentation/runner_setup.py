@@ -101,3 +101,42 @@ def checkpoint_iteration(path: str) -> int:
     """The training iteration an MMEngine checkpoint was saved at (0 if it does not say)."""
     meta = load_mmengine_checkpoint(path).get("meta", {})
     return int(meta.get("iter", 0) or 0)
+
+
+def check_ade20k_data(cfg: Config, dataloaders: tuple[str, ...], mode: str = "quick") -> dict[str, Any]:
+    """Validate the ADE20K-format folders the given dataloaders read, before the Runner starts.
+
+    ``mode``: "quick" checks the first 200 image/label pairs per split, "full" all of
+    them, "off" nothing. The class count comes from the decode head. A bad folder
+    raises ``pretrain.data.validate.DatasetError`` naming each offending file, so a
+    160k-iteration job fails in seconds instead of at its first bad batch.
+    """
+    from pretrain.data.validate import validate_ade20k
+
+    if mode == "off":
+        return {}
+    if mode not in ("quick", "full"):
+        raise ValueError(f"--check-data must be quick, full or off, got {mode!r}")
+    model = cfg.model if "decode_head" in cfg.model else cfg.model.module  # test-time-aug wrapper
+    num_classes = int(model.decode_head.num_classes)
+    by_root: dict[str, list[str]] = {}
+    for name in dataloaders:
+        dataset = (cfg.get(name) or {}).get("dataset") or {}
+        prefix = dataset.get("data_prefix") or {}
+        img, ann = prefix.get("img_path", ""), prefix.get("seg_map_path", "")
+        parts = img.strip("/").split("/")
+        if len(parts) != 2 or parts[0] != "images" or ann.strip("/") != f"annotations/{parts[1]}":
+            print_log(f"{name}: data_prefix {dict(prefix)} is not the ADE20K layout; folder check skipped", "current")
+            continue
+        by_root.setdefault(dataset.get("data_root", ""), [])
+        if parts[1] not in by_root[dataset.get("data_root", "")]:
+            by_root[dataset.get("data_root", "")].append(parts[1])
+    summary = {}
+    for root, splits in by_root.items():
+        summary[root] = validate_ade20k(
+            root, num_classes=num_classes, splits=splits, max_files=None if mode == "full" else 200)
+        counts = ", ".join(f"{s}: {summary[root][s]} pairs" for s in splits)
+        print_log(f"data check ({mode}) passed for {root}: {counts}, label values "
+                  f"{summary[root]['label_values'][:8]}{'...' if len(summary[root]['label_values']) > 8 else ''}",
+                  "current")
+    return summary

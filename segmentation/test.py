@@ -21,7 +21,7 @@ if ROOT not in sys.path:
 
 from mmengine.config import DictAction  # noqa: E402
 
-from segmentation.runner_setup import build_runner, checkpoint_iteration, load_config  # noqa: E402
+from segmentation.runner_setup import build_runner, check_ade20k_data, checkpoint_iteration, load_config  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test with the config's tta_pipeline")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
+    p.add_argument(
+        "--check-data", choices=["quick", "full", "off"], default="quick",
+        help="validate the ADE20K folders first: the first 200 pairs per split (quick), all, or not at all")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0)
     return p
@@ -51,6 +54,7 @@ def main(args: argparse.Namespace) -> dict:
     # the metrics file records the iteration the checkpoint was saved at
     hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "SegMetricsJsonHook"]
     cfg.custom_hooks = hooks + [dict(type="SegMetricsJsonHook", iterations=checkpoint_iteration(args.checkpoint))]
+    check_ade20k_data(cfg, ("test_dataloader",), args.check_data)
     runner = build_runner(cfg, train=False)
     return runner.test()
 

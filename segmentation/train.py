@@ -24,7 +24,7 @@ if ROOT not in sys.path:  # configs import segmentation.* and pretrain.* from th
 
 from mmengine.config import DictAction  # noqa: E402
 
-from segmentation.runner_setup import build_runner, load_config  # noqa: E402
+from segmentation.runner_setup import build_runner, check_ade20k_data, load_config  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="resume training: without a value from the latest checkpoint in the work dir, else from PATH")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 even on GPU")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
+    p.add_argument(
+        "--check-data", choices=["quick", "full", "off"], default="quick",
+        help="validate the ADE20K folders first: the first 200 pairs per split (quick), all, or not at all")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     p.add_argument("--local_rank", "--local-rank", type=int, default=0)
     return p
@@ -52,6 +55,7 @@ def main(args: argparse.Namespace) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    check_ade20k_data(cfg, ("train_dataloader", "val_dataloader"), args.check_data)
     runner = build_runner(cfg, train=True, force_fp32=args.no_amp)
     runner.train()
 

@@ -378,3 +378,39 @@ def test_tiny_train_then_eval_writes_miou(tmp_path, monkeypatch):
     assert tested["split"] == "test" and tested["iterations"] == 3
     assert tested["mIoU"] == pytest.approx(results["mIoU"])
     assert tested["mIoU"] == pytest.approx(json.loads((work / "segmentation_metrics.json").read_text())["mIoU"])
+
+    # multi-scale + flip test (what the -ms configs do), through SegTTAModel
+    targs.tta = True
+    targs.work_dir = str(tmp_path / "test_ms")
+    ms = seg_test.main(targs)
+    assert 0.0 <= ms["mIoU"] <= 100.0
+    assert json.loads((tmp_path / "test_ms" / "segmentation_metrics.json").read_text())["split"] == "test"
+
+
+def test_train_refuses_bad_ade_folder_before_building_runner(tmp_path, monkeypatch):
+    """A label value beyond the class count is reported with its file name, before any training."""
+    from pretrain.data.validate import DatasetError
+    from segmentation import runner_setup
+    from segmentation import train as seg_train
+
+    data = make_ade_folder(tmp_path / "ade")
+    bad = sorted((data / "annotations" / "validation").glob("*.png"))[0]
+    label = np.asarray(Image.open(bad)).copy()
+    label[0, 0] = 7  # 3 classes: allowed 0..3 and 255
+    Image.fromarray(label).save(bad)
+    monkeypatch.setattr(runner_setup, "Runner", None)  # building a Runner would fail loudly
+    args = seg_train.get_args_parser().parse_args([str(TINY_CFG), "--work-dir", str(tmp_path / "w")])
+    args.cfg_options = {
+        "model.decode_head.num_classes": 3,
+        "train_dataloader.dataset.data_root": str(data),
+        "val_dataloader.dataset.data_root": str(data),
+    }
+    with pytest.raises(DatasetError) as err:
+        seg_train.main(args)
+    assert bad.name in str(err.value) and "[7]" in str(err.value)
+    # the clean copy passes, with both splits counted
+    label[0, 0] = 1
+    Image.fromarray(label).save(bad)
+    cfg = runner_setup.load_config(str(TINY_CFG), args.cfg_options)
+    summary = runner_setup.check_ade20k_data(cfg, ("train_dataloader", "val_dataloader"), "full")
+    assert summary[str(data)]["training"] == 4 and summary[str(data)]["validation"] == 2
