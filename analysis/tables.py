@@ -239,7 +239,7 @@ def cost_text(cost: dict[str, float]) -> str:
         return "—"
     if cost.get("gpu_hours", 0) > 0:
         return f"{cost['gpu_hours']:.1f} GPU h"
-    return f"{cost.get('cpu_minutes', 0):.1f} CPU min"
+    return f"{cost.get('cpu_minutes', 0):.1f} min (CPU)"
 
 
 def probe_at(m: dict | None, ratio: float = PROBE_RATIO) -> dict | None:
@@ -507,7 +507,7 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
     notes = [w for r in runs for w in r.warnings]
     legend = (
         "FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "
-        "PT cost = pretraining wall time (GPU hours or CPU minutes); n/s = not stated; "
+        "PT cost = pretraining wall time (GPU hours: wall x GPUs; min (CPU): wall minutes on a CPU run); n/s = not stated; "
         "'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table."
     )
     md = "\n\n".join(parts) + "\n\n" + legend + "\n"

@@ -1,7 +1,9 @@
 """Datasets, transforms and loaders of the classification runs.
 
-Training images go through timm's ``create_transform`` (RandomResizedCrop bicubic,
-flip, RandAugment, RandomErasing: the MAE / DeiT recipe), evaluation through the
+Training images go through timm's recipe (RandomResizedCrop bicubic, flip,
+RandAugment, RandomErasing: the MAE / DeiT recipe), by default with the suite's
+fast crop and normalisation around timm's RandAugment (``classification.transforms``,
+``aug.pipeline: fast``; ``timm`` runs ``create_transform`` as is), evaluation through the
 suite's Resize(size / crop_pct) + CenterCrop (``build_eval_transform``). Sample
 augmentation is seeded per (seed, epoch, index) for torch, Python's ``random`` and
 numpy alike (timm's augmentations draw from all three), and loaders draw their own
@@ -92,25 +94,28 @@ def ensure_builtin(cfg: DictConfig) -> None:
         du.barrier()
 
 
-def build_train_transform(cfg: DictConfig):
-    """timm's training pipeline from the ``aug`` section (PIL input, normalised tensor output)."""
-    from timm.data import create_transform
+def build_train_transform(cfg: DictConfig, normalize: bool = True):
+    """The training pipeline of the ``aug`` section.
+
+    ``aug.pipeline: fast`` (default) is :class:`classification.transforms.FinetuneTransform`
+    (bicubic crops only); with ``normalize=False`` it returns uint8 crops and its
+    ``device_finish`` normalises and erases the batch on the device. ``timm`` is timm's
+    ``create_transform`` on PIL images (normalised tensors, whatever ``normalize`` says).
+    """
+    from classification.transforms import FinetuneTransform, timm_train_transform
 
     a = cfg.aug
-    return create_transform(
-        input_size=int(cfg.model.img_size),
-        is_training=True,
-        scale=tuple(a.scale),
-        hflip=float(a.hflip),
-        color_jitter=a.color_jitter,
-        auto_augment=a.auto_augment or None,
-        interpolation=a.interpolation,
-        re_prob=float(a.reprob),
-        re_mode=a.remode,
-        re_count=int(a.recount),
-        mean=IMAGENET_DEFAULT_MEAN,
-        std=IMAGENET_DEFAULT_STD,
-    )
+    if a.pipeline not in ("fast", "timm"):
+        raise ValueError(f"aug.pipeline must be 'fast' or 'timm', got {a.pipeline!r}")
+    if a.pipeline == "fast" and a.interpolation != "bicubic":
+        raise ValueError(f"aug.pipeline=fast resizes with bicubic only; got aug.interpolation={a.interpolation!r} "
+                         "(use aug.pipeline=timm for other filters)")
+    kwargs = dict(scale=tuple(a.scale), hflip=float(a.hflip), auto_augment=a.auto_augment or None,
+                  color_jitter=a.color_jitter, re_prob=float(a.reprob), re_mode=a.remode, re_count=int(a.recount),
+                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+    if a.pipeline == "fast":
+        return FinetuneTransform(int(cfg.model.img_size), normalize=normalize, **kwargs)
+    return timm_train_transform(int(cfg.model.img_size), interpolation=a.interpolation, **kwargs)
 
 
 def image_dataset(cfg: DictConfig, split: str, transform) -> Dataset:

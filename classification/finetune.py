@@ -109,12 +109,15 @@ def build_loss(cfg: DictConfig, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-def make_step_fn(device: torch.device, mixup_fn, criterion):
-    """Batch -> MethodOutput(loss, {loss[, acc1]}); mixup runs on the device batch."""
+def make_step_fn(device: torch.device, mixup_fn, criterion, finish=None):
+    """Batch -> MethodOutput(loss, {loss[, acc1]}); ``finish`` (normalise + erase a uint8
+    batch) and mixup run on the device batch."""
 
     def step(model: nn.Module, batch) -> MethodOutput:
         images = batch[0].to(device, non_blocking=True)
         target = batch[1].to(device, non_blocking=True)
+        if finish is not None and images.dtype == torch.uint8:
+            images = finish(images)
         metrics: dict[str, torch.Tensor] = {}
         if mixup_fn is not None:
             images, target = mixup_fn(images, target)  # target: soft [B, C]
@@ -143,7 +146,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         save_config(cfg, out_dir / "config.yaml")
 
     ensure_builtin(cfg)
-    train_set = image_dataset(cfg, cfg.data.train_split, build_train_transform(cfg))
+    train_transform = build_train_transform(cfg, normalize=False)  # uint8 from the workers when it can
+    finish = train_transform.device_finish(device) if hasattr(train_transform, "device_finish") else None
+    train_set = image_dataset(cfg, cfg.data.train_split, train_transform)
     val_set = eval_dataset(cfg)
     num_classes = num_classes_of(train_set, cfg.model.num_classes)
     workers = int(cfg.data.num_workers)
@@ -168,7 +173,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
     lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
     groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
-    fused = bool(cfg.optim.fused) and device.type == "cuda"
+    fused = bool(cfg.optim.fused)  # fused kernel on CUDA and CPU (torch >= 2.4)
     optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused)
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -210,7 +215,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ema.update(model, step=trainer.state.global_step)
 
     trainer = EvalTrainer(
-        run_model, optimizer, loader, sampler, make_step_fn(device, mixup_fn, criterion), loop_config(cfg, lr), device,
+        run_model, optimizer, loader, sampler, make_step_fn(device, mixup_fn, criterion, finish), loop_config(cfg, lr), device,
         precision, manager, logger, extra_state=extra_state, scaler=scaler, after_step=after_step,
         evaluate=evaluate_all, eval_every=int(cfg.train.eval_every), best_path=out_dir / "best.pth",
     )

@@ -36,6 +36,7 @@ from .engine.optim import build_adamw, pretrain_param_groups
 from .engine.sampler import ResumableSampler, SeededDataset
 from .engine.trainer import LoopConfig, Trainer, resolve_precision
 from .data.imagefolder import BadImageError
+from .data.transforms import normalize_uint8
 from .models import DropPos, DropPosMasks, MAE, create_vit
 
 
@@ -102,9 +103,10 @@ def build_dataset(cfg: DictConfig):
         du.barrier()
     if cfg.method == "adpe":  # MAE+: adpe.num_crops random crops of model.img_size px per image, [n, 3, s, s]
         a = cfg.adpe
-        transform = build_multicrop_transform(num_crops=int(a.num_crops), crop_size=cfg.model.img_size, scale=tuple(a.crop_scale))
-    else:
-        transform = build_pretrain_transform(cfg.model.img_size, scale=tuple(cfg.data.scale))
+        transform = build_multicrop_transform(num_crops=int(a.num_crops), crop_size=cfg.model.img_size,
+                                              scale=tuple(a.crop_scale), normalize=False)
+    else:  # uint8 crops: a quarter of the bytes through the workers' queues; normalised on the device
+        transform = build_pretrain_transform(cfg.model.img_size, scale=tuple(cfg.data.scale), normalize=False)
     ds = ImageFolderDataset(root, split=cfg.data.split, transform=transform, skip_bad=cfg.data.skip_bad)
     if cfg.data.limit and cfg.data.limit < len(ds):
         ds = torch.utils.data.Subset(ds, range(int(cfg.data.limit)))
@@ -147,7 +149,7 @@ def make_step_fn(
     generator: torch.Generator,
     noise_to_kwargs: Callable[[list[torch.Tensor]], dict[str, Any]] | None = None,
 ):
-    """One batch -> MethodOutput; images move to the device without blocking.
+    """One batch -> MethodOutput; images move to the device without blocking (uint8 ones are normalised there).
 
     A batch ``(imgs, targets, *noise)`` from :class:`MaskNoiseDataset` is masked by
     ``noise_to_kwargs(noise)``; otherwise the model draws masks from ``generator``.
@@ -155,6 +157,8 @@ def make_step_fn(
 
     def step(model, batch):
         imgs = batch[0].to(device, non_blocking=True)
+        if imgs.dtype == torch.uint8:  # the workers' uint8 crops: normalise on the device, in one pass
+            imgs = normalize_uint8(imgs)
         if imgs.dim() == 5:  # multi-crop [B, n, C, H, W] -> [B*n, C, H, W]
             imgs = imgs.flatten(0, 1)
         if noise_to_kwargs is not None and len(batch) > 2:
@@ -209,7 +213,7 @@ def run(cfg: DictConfig) -> dict:
     total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
     lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
     groups = model.param_groups(float(cfg.optim.weight_decay), lr, cfg) if hasattr(model, "param_groups") else pretrain_param_groups(model, float(cfg.optim.weight_decay))
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused) and device.type == "cuda")
+    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused))
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     if du.is_main_process():
@@ -301,6 +305,7 @@ def run(cfg: DictConfig) -> dict:
                            "arch": {"size": cfg.model.size, "img_size": cfg.model.img_size, "patch_size": cfg.model.patch_size}},
                           out_dir / "backbone.pth")
         last = state.history[-1] if state.history else {}
+        total = sum(float(h.get("seconds", 0.0)) for h in state.history) or wall
         metrics = {
             "task": "pretrain",
             "method": cfg.method,
@@ -313,8 +318,10 @@ def run(cfg: DictConfig) -> dict:
             "wall_seconds_this_run": wall,
             "device": str(device),
             "world_size": world,
-            "cost": {"gpu_hours": wall * world / 3600 if device.type == "cuda" else 0.0,
-                     "cpu_minutes": wall / 60 if device.type == "cpu" else 0.0},
+            # wall time of the epochs over every run that built this model (resumes included)
+            "wall_seconds_total": total,
+            "cost": {"gpu_hours": total * world / 3600 if device.type == "cuda" else 0.0,
+                     "cpu_minutes": total / 60 if device.type == "cpu" else 0.0},
             "resumed_from": str(resumed_from) if resumed_from else None,
             "backbone": str(out_dir / "backbone.pth"),
             "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), "bad_image_skips": skips},

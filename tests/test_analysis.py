@@ -289,7 +289,7 @@ def test_tables_three_methods_side_by_side(tmp_path):
     assert cells[4] == "84.2" and cells[5] == "83.6"  # paper headline ViT-B: DropPos 800 ep, MAE 1600 ep
     miou = next(line for line in md.splitlines() if line.startswith("| ADE mIoU"))
     assert "33.3" in miou and "skipped" in miou and "MAE +2.6" in miou and "48.1" in miou
-    assert "2.5 CPU min" in md and "30.0 (chance 1.6)" in md
+    assert "2.5 min (CPU)" in md and "30.0 (chance 1.6)" in md
     assert "83.0" in md and "85.8" in md and "50.3" in md and "51.6" in md  # paper rows
     import csv
 

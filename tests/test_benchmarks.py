@@ -142,3 +142,27 @@ def test_benchmark_data_cli(small_builtin, tmp_path, capsys):
     # Same recipe, two implementations: output statistics agree (loosely: few random crops).
     for a, b in [("pretrain/ours", "pretrain/torchvision")]:
         assert max(abs(x - y) for x, y in zip(res[a]["mean"], res[b]["mean"])) < 0.35
+
+
+def test_benchmark_table_from_json(tmp_path, capsys):
+    from tools import benchmark_table
+
+    train = {"method": "droppos", "size": "small", "patch_size": 16, "img_size": 224, "batch": 16,
+             "precision": "fp32", "compile": False, "adamw": "fused", "images_per_s": 8.0, "step_s_median": 2.0,
+             "peak_memory_mib": 1500.0, "train_flops_per_image": 18e9, "achieved_tflops": 0.144,
+             "peak_tflops": 0.192, "share_of_peak": 0.75, "command": "python -m tools.benchmark --x",
+             "machine": {"device_name": "CPU", "threads": 2, "torch": "2.9"}}
+    data = {"workers": 1, "folder": {"images": 500, "first_size_wh": [500, 375]}, "command": "python -m tools.benchmark_data",
+            "results": [{"pipeline": "pretrain/ours", "images_per_s": 90.0, "images_per_s_per_worker": 90.0,
+                         "mean": [0.0, 0.1, -0.1], "std": [1.0, 1.0, 1.0]},
+                        {"pipeline": "pretrain/torchvision", "images_per_s": 36.0, "images_per_s_per_worker": 36.0,
+                         "mean": [0.0, 0.1, -0.1], "std": [1.0, 1.0, 1.0]}]}
+    (tmp_path / "t.json").write_text(json.dumps(train))
+    (tmp_path / "d.json").write_text(json.dumps(data))
+    assert benchmark_table.main([str(tmp_path / "t.json"), str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| droppos ViT-small/16 224 px | 16 |" in out and "| 75.0 % |" in out and "0.144 / 0.192" in out
+    assert "| pretrain/ours | 500 JPEGs, 500x375 | 1 | 90.0 | 90.0 | 2.50x |" in out
+    (tmp_path / "bad.json").write_text('{"method": "droppos"}')
+    with pytest.raises(SystemExit, match="bad.json"):
+        benchmark_table.main([str(tmp_path / "bad.json")])

@@ -101,6 +101,9 @@ def test_resume_reproduces_next_losses(small_builtin, tmp_path):
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=1e-5, atol=1e-6)
     metrics = json.loads((part / "pretrain_metrics.json").read_text())
     assert metrics["resumed_from"].endswith("checkpoint-00000005.pth") and metrics["steps"] == 12
+    # cost: the epochs' wall time from the saved history, so the run before the resume counts too
+    assert metrics["cost"]["cpu_minutes"] == pytest.approx(sum(h["seconds"] for h in metrics["history"]) / 60)
+    assert metrics["cost"]["cpu_minutes"] > 0 and metrics["cost"]["gpu_hours"] == 0
     assert (part / "config.yaml").is_file() and (part / "backbone.pth").is_file()
 
 

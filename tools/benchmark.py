@@ -3,8 +3,9 @@
 The step is the training code itself: the model comes from ``pretrain.main.build_method``
 (config = default YAML + recipe + overrides), the optimizer has ``pretrain.main.run``'s
 groups and AdamW settings, and every step is ``Trainer.train_step`` (autocast forward,
-backward, clip, optimizer step, no host sync). Images are a fixed random batch held in
-(pinned) host memory and copied by the training step function, so the data pipeline is
+backward, clip, optimizer step, no host sync). Images are a fixed random uint8 batch held in
+(pinned) host memory, copied and normalised (fine-tune: also erased) by the training step
+function as the DataLoader's batches are, so the data pipeline is
 out of the measurement (see ``tools.benchmark_data`` for that).
 
 FLOPs convention (printed with every result): fvcore counts one multiply-add as one
@@ -112,6 +113,7 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     timm Mixup/CutMix on the device batch and soft-target cross-entropy (the recipe's
     ``make_step_fn``); random init (weights do not change the cost).
     """
+    from classification.data import build_train_transform
     from classification.finetune import build_loss, load_finetune_config, make_step_fn
     from classification.layer_decay import layer_decay_param_groups
     from classification.model import build_classifier
@@ -137,13 +139,14 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     info = dict(size=cfg.model.size, img_size=img, patch_size=int(cfg.model.patch_size), batch=batch, lr=lr,
                 clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, precision_cfg=cfg.train.precision,
                 compile_cfg=bool(cfg.train.compile), num_classes=num_classes)
-    return model, optimizer, make_step_fn(device, mixup_fn, criterion), (3, img, img), info
+    finish = build_train_transform(cfg, normalize=False).device_finish(device)  # normalise + erase on the device
+    return model, optimizer, make_step_fn(device, mixup_fn, criterion, finish), (3, img, img), info
 
 
 def fused_adamw(args: argparse.Namespace, cfg, device: torch.device) -> bool:
-    """Fused AdamW as the entry points choose it (``optim.fused`` on CUDA only), unless --fused-adamw says."""
+    """Fused AdamW as the entry points choose it (``optim.fused``, CUDA and CPU), unless --fused-adamw says."""
     if args.fused_adamw == "auto":
-        return bool(cfg.optim.fused) and device.type == "cuda"
+        return bool(cfg.optim.fused)
     return args.fused_adamw == "on"
 
 
@@ -303,7 +306,8 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
     if hasattr(model, "set_progress"):
         model.set_progress(0.0, 1)
     g = torch.Generator().manual_seed(0)
-    imgs = torch.randn(batch, *shape, generator=g)
+    # uint8 images, as the training DataLoaders deliver them: the step normalises them on the device
+    imgs = torch.randint(0, 256, (batch, *shape), generator=g, dtype=torch.uint8)
     labels = torch.randint(0, 1000, (batch,), generator=g)
     if device.type == "cuda":
         imgs, labels = imgs.pin_memory(), labels.pin_memory()
@@ -490,7 +494,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
     p.add_argument("--compile", action="store_true", help="torch.compile the model (as train.compile=true)")
     p.add_argument("--fused-adamw", default="auto", choices=("auto", "on", "off"),
-                   help="auto: as training (optim.fused on CUDA); on/off: force (e.g. fused AdamW on CPU)")
+                   help="auto: as training (optim.fused); on/off: force (off: the foreach AdamW)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--no-flops", action="store_true", help="skip the fvcore count and the peak measurement")

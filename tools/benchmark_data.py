@@ -5,13 +5,17 @@ change in machine load hits all of them alike):
 
 - ``pretrain/ours``: the suite's pretraining input (``ImageFolderDataset`` +
   ``build_pretrain_transform``: header-sized crop box, reduced JPEG decode, uint8
-  antialiased bicubic resize, flip, fused normalise);
+  antialiased bicubic resize, flip; uint8 batches, normalised in one fused pass by the
+  consumer, as the training step does on the device);
 - ``pretrain/torchvision``: ``torchvision.datasets.ImageFolder`` + RandomResizedCrop(224,
   scale (0.2, 1), bicubic) + RandomHorizontalFlip + ToTensor + Normalize (PIL);
-- ``finetune/ours-decode`` and ``finetune/torchvision``: timm's ``create_transform``
-  fine-tune recipe (RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1,
-  random erasing 0.25), fed by our dataset (bytes read + PIL decode) or by torchvision's
-  ``ImageFolder``: the fine-tune transform is timm's in both, so this compares decode paths.
+- ``finetune/ours``: the suite's fine-tuning input (``ImageFolderDataset`` +
+  ``classification.transforms.FinetuneTransform``: header-sized crop box, torchvision.io
+  decode, uint8 antialiased bicubic resize, flip, timm's RandAugment rand-m9-mstd0.5-inc1
+  on the 224 px crop; uint8 batches, then fused normalise + timm's random erasing 0.25 on
+  the batch by the consumer, as the training step does on the device);
+- ``finetune/torchvision``: ``torchvision.datasets.ImageFolder`` + timm's
+  ``create_transform`` with the same recipe, all on PIL images.
 
 Each result has images/s over all workers and per worker, and the per-channel mean / std
 of the normalised outputs (they must agree between the two implementations of a recipe).
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-PIPELINES = ("pretrain/ours", "pretrain/torchvision", "finetune/ours-decode", "finetune/torchvision")
+PIPELINES = ("pretrain/ours", "pretrain/torchvision", "finetune/ours", "finetune/torchvision")
 
 
 # --------------------------------------------------------------------------- data
@@ -74,37 +78,23 @@ def folder_stats(root: Path, split: str = "train") -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- pipelines
-def patch_timm_posterize() -> None:
-    """Make timm's RandAugment posterize survive Pillow >= 12, which rejects bits=0.
+def build_dataset(name: str, root: Path, split: str, size: int) -> tuple[torch.utils.data.Dataset, Callable | None]:
+    """One of ``PIPELINES`` over ``root/split``, and the step that finishes its batches.
 
-    timm 1.0.x passes ``bits_to_keep = 0`` when rand-m9-mstd0.5's magnitude reaches 10
-    (PosterizeIncreasing); older Pillow returned an all-zero image for it, Pillow 13 raises
-    ``ValueError`` and kills the DataLoader worker. Restores the old result (black image).
+    The suite's pipelines deliver uint8 crops, as in training; their finishing step
+    (normalisation, and for fine-tuning timm's random erasing) runs on the device in
+    training and on the measuring process here, inside the timed loop.
     """
-    from PIL import ImageOps
-    from timm.data import auto_augment as aa
-
-    def posterize(img, bits_to_keep, **_):
-        if bits_to_keep >= 8:
-            return img
-        if bits_to_keep < 1:
-            return ImageOps.posterize(img, 1).point(lambda _v: 0)
-        return ImageOps.posterize(img, bits_to_keep)
-
-    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
-        aa.NAME_TO_OP[name] = posterize
-
-
-def build_dataset(name: str, root: Path, split: str, size: int) -> torch.utils.data.Dataset:
-    """One of ``PIPELINES`` over ``root/split``."""
     from torchvision import datasets
     from torchvision import transforms as T
 
     from pretrain.data.imagefolder import ImageFolderDataset
-    from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_pretrain_transform
+    from pretrain.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_pretrain_transform,
+                                          normalize_uint8)
 
     if name == "pretrain/ours":
-        return ImageFolderDataset(root, split, build_pretrain_transform(size, scale=(0.2, 1.0)))
+        return ImageFolderDataset(root, split, build_pretrain_transform(size, scale=(0.2, 1.0), normalize=False)), \
+            normalize_uint8
     if name == "pretrain/torchvision":
         tf = T.Compose([
             T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
@@ -112,17 +102,16 @@ def build_dataset(name: str, root: Path, split: str, size: int) -> torch.utils.d
             T.ToTensor(),
             T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
         ])
-        return datasets.ImageFolder(str(Path(root) / split), transform=tf)
+        return datasets.ImageFolder(str(Path(root) / split), transform=tf), None
     if name.startswith("finetune/"):
-        from timm.data import create_transform
+        from classification.transforms import FinetuneTransform, timm_train_transform
 
-        patch_timm_posterize()
-        tf = create_transform(size, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
-                              re_mode="pixel", re_count=1, interpolation="bicubic",
-                              mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-        if name == "finetune/ours-decode":
-            return ImageFolderDataset(root, split, tf, input_kind="pil")
-        return datasets.ImageFolder(str(Path(root) / split), transform=tf)
+        recipe = dict(scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25,
+                      re_mode="pixel", re_count=1, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+        if name == "finetune/ours":
+            tf = FinetuneTransform(size, normalize=False, **recipe)
+            return ImageFolderDataset(root, split, tf), tf.device_finish("cpu")
+        return datasets.ImageFolder(str(Path(root) / split), transform=timm_train_transform(size, **recipe)), None
     raise ValueError(f"unknown pipeline {name!r}; choose from {PIPELINES}")
 
 
@@ -153,14 +142,28 @@ def make_loader(ds, workers: int, batch: int, seed: int) -> torch.utils.data.Dat
                                        drop_last=True)
 
 
-def measure(it, seconds: float, batch: int, stats: _Stats, on_batch: Callable | None = None) -> tuple[int, float]:
-    """Images drawn from ``it`` in about ``seconds`` of wall time."""
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+def measure(it, seconds: float, batch: int, stats: _Stats, finish: Callable | None = None,
+            in_process: bool = False) -> tuple[int, float]:
+    """Images drawn (and finished) from ``it`` in about ``seconds`` of timed work.
+
+    With workers the wall time counts (the output statistics are gathered while the
+    workers keep producing); in process (``workers=0``) the statistics are the
+    benchmark's own instrumentation and their time is left out.
+    """
+    n, timed, t0 = 0, 0.0, time.perf_counter()
+    while timed < seconds:
+        t = time.perf_counter()
         x, _ = next(it)
-        stats.update(x)
+        if finish is not None:
+            x = finish(x)
+        if in_process:
+            timed += time.perf_counter() - t
+            stats.update(x)
+        else:
+            stats.update(x)
+            timed = time.perf_counter() - t0
         n += x.shape[0]
-    return n, time.perf_counter() - t0
+    return n, timed
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,10 +171,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.make_large:
         root = make_large_jpegs(root, Path(args.large_dir), args.make_large)
     torch.manual_seed(args.seed)
+    if args.workers == 0:  # in process: one core, as a DataLoader worker has (torch uses 1 thread there)
+        torch.set_num_threads(1)
     names = args.pipelines or list(PIPELINES)
-    loaders, iters, stats, counts, secs = {}, {}, {}, {}, {}
+    loaders, iters, stats, counts, secs, finishers = {}, {}, {}, {}, {}, {}
     for name in names:
-        loaders[name] = make_loader(build_dataset(name, root, args.split, args.size), args.workers, args.batch, args.seed)
+        dataset, finishers[name] = build_dataset(name, root, args.split, args.size)
+        loaders[name] = make_loader(dataset, args.workers, args.batch, args.seed)
         iters[name] = iter(loaders[name])
         stats[name] = _Stats()
         counts[name], secs[name] = 0, 0.0
@@ -180,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_round = args.seconds / args.rounds
     for r in range(args.rounds):  # alternate the order every round
         for name in (names if r % 2 == 0 else names[::-1]):
-            n, dt = measure(iters[name], per_round, args.batch, stats[name])
+            n, dt = measure(iters[name], per_round, args.batch, stats[name], finishers[name], args.workers == 0)
             counts[name] += n
             secs[name] += dt
     results = []
@@ -228,7 +234,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("Input pipeline benchmark")
     p.add_argument("--data", default="data/builtin/imagenet", help="ImageFolder root (holds <split>/<class>/*)")
     p.add_argument("--split", default="train")
-    p.add_argument("--workers", type=int, default=1, help="DataLoader workers (0: main process)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="DataLoader workers (0: in this process on one torch thread, the per-core figure)")
     p.add_argument("--seconds", type=float, default=10.0, help="measured seconds per pipeline")
     p.add_argument("--rounds", type=int, default=2, help="alternate pipelines in this many rounds")
     p.add_argument("--batch", type=int, default=32)

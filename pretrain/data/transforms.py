@@ -125,10 +125,15 @@ def decode_reduced(
 
 
 def resize_uint8(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [3, H, W] -> uint8 [3, h, w], antialiased bicubic (PIL's filter), no float round trip."""
+    """uint8 [3, H, W] -> uint8 [3, h, w], antialiased bicubic (PIL's filter), no float round trip.
+
+    Runs channels-last (the layout decoders produce and torch's uint8 kernel prefers, about
+    20% faster); the result is in HWC memory, so ``x.permute(1, 2, 0)`` is a contiguous image.
+    """
     if tuple(img.shape[-2:]) == tuple(size):
         return img
-    return F.interpolate(img[None], size=size, mode="bicubic", antialias=True, align_corners=False)[0]
+    x = img[None].contiguous(memory_format=torch.channels_last)
+    return F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)[0]
 
 
 class _TensorTransform:

@@ -280,7 +280,9 @@ class Trainer:
         bar.close()
         self.guard.check()
         stats = epoch_meter.means(du.all_reduce_mean)
-        stats.update({"epoch": st.epoch + 1, "lr": lr, "images_per_s": seen * du.get_world_size() / max(time.perf_counter() - t0, 1e-9)})
+        seconds = time.perf_counter() - t0  # this epoch's wall time (this run's part of it, after a resume)
+        stats.update({"epoch": st.epoch + 1, "lr": lr, "images_per_s": seen * du.get_world_size() / max(seconds, 1e-9),
+                      "seconds": seconds})
         if st.iter_in_epoch >= self.iters_per_epoch:
             st.history.append(stats)
         self.logger.log(st.global_step, stats, prefix="epoch")
