@@ -131,6 +131,11 @@ DEMO = {
 }
 
 
+def ade_data_root(ade: Path) -> list[str]:
+    """``--cfg-options`` pointing the three segmentation dataloaders at one ADEChallengeData2016 folder."""
+    return [f"{loader}.dataset.data_root={ade}" for loader in ("train_dataloader", "val_dataloader", "test_dataloader")]
+
+
 def _py(*args: str) -> list[str]:
     return [sys.executable, *args]
 
@@ -254,9 +259,7 @@ def demo_stages(out: Path, data: Path, methods: list[str], workers: int) -> list
                     f"param_scheduler.1.end={it}",
                     f"default_hooks.checkpoint.interval={it}",
                     "default_hooks.logger.interval=10",
-                    f"train_dataloader.dataset.data_root={ade}",
-                    f"val_dataloader.dataset.data_root={ade}",
-                    f"test_dataloader.dataset.data_root={ade}",
+                    *ade_data_root(ade),
                 ),
                 run / "segmentation" / METRICS["segmentation"],
                 needs=[backbone],
@@ -444,9 +447,7 @@ def paper_stages(profile: str, out: Path, methods: list[str], args: argparse.Nam
                     "--work-dir",
                     str(run / "segmentation"),
                     "--cfg-options",
-                    f"train_dataloader.dataset.data_root={ade}",
-                    f"val_dataloader.dataset.data_root={ade}",
-                    f"test_dataloader.dataset.data_root={ade}",
+                    *ade_data_root(ade),
                 ],
                 run / "segmentation" / METRICS["segmentation"],
                 needs=[backbone],

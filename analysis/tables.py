@@ -344,18 +344,7 @@ def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[l
     return RESULT_COLUMNS, rows
 
 
-SIDE_ROWS = [
-    "PT epochs",
-    "PT cost",
-    "PT final loss",
-    "FT top-1",
-    "LP top-1",
-    "COCO AP box",
-    "COCO AP mask",
-    "ADE mIoU",
-    f"pos. probe top-1 @{PROBE_RATIO:g}",
-    f"pos. probe within-1 @{PROBE_RATIO:g}",
-]
+SIDE_ROWS = RESULT_COLUMNS[3:]  # the measures, without source / method / backbone
 
 
 def _paper_cell(method: str, size: str, row: str) -> str:

@@ -118,6 +118,15 @@ def build_train_transform(cfg: DictConfig, normalize: bool = True):
     return timm_train_transform(int(cfg.model.img_size), interpolation=a.interpolation, **kwargs)
 
 
+def batch_finish(transform, device: torch.device):
+    """What the training step applies to a uint8 batch on ``device``: the transform's
+    ``device_finish`` (normalise + random erasing), else plain normalisation."""
+    from pretrain.data.transforms import Uint8Normalize
+
+    finish = getattr(transform, "device_finish", None)
+    return finish(device) if finish is not None else Uint8Normalize()
+
+
 def image_dataset(cfg: DictConfig, split: str, transform) -> Dataset:
     """ImageFolder split with a transform, limited to ``data.limit`` images when set (evenly spread)."""
     ds = ImageFolderDataset(cfg.data.path, split=split, transform=transform, skip_bad=bool(cfg.data.skip_bad))

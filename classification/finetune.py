@@ -35,6 +35,7 @@ from pretrain.engine.trainer import resolve_precision
 from pretrain.models.method import MethodOutput
 
 from .data import (
+    batch_finish,
     build_train_transform,
     ensure_builtin,
     eval_dataset,
@@ -109,14 +110,14 @@ def build_loss(cfg: DictConfig, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
-def make_step_fn(device: torch.device, mixup_fn, criterion, finish=None):
+def make_step_fn(device: torch.device, mixup_fn, criterion, finish):
     """Batch -> MethodOutput(loss, {loss[, acc1]}); ``finish`` (normalise + erase a uint8
-    batch) and mixup run on the device batch."""
+    batch, :func:`classification.data.batch_finish`) and mixup run on the device batch."""
 
     def step(model: nn.Module, batch) -> MethodOutput:
         images = batch[0].to(device, non_blocking=True)
         target = batch[1].to(device, non_blocking=True)
-        if finish is not None and images.dtype == torch.uint8:
+        if images.dtype == torch.uint8:
             images = finish(images)
         metrics: dict[str, torch.Tensor] = {}
         if mixup_fn is not None:
@@ -147,7 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     ensure_builtin(cfg)
     train_transform = build_train_transform(cfg, normalize=False)  # uint8 from the workers when it can
-    finish = train_transform.device_finish(device) if hasattr(train_transform, "device_finish") else None
+    finish = batch_finish(train_transform, device)
     train_set = image_dataset(cfg, cfg.data.train_split, train_transform)
     val_set = eval_dataset(cfg)
     num_classes = num_classes_of(train_set, cfg.model.num_classes)

@@ -108,14 +108,11 @@ class FinetuneTransform:
         self.mean, self.std = tuple(mean), tuple(std)
         self.re_prob, self.re_mode, self.re_count = float(re_prob), re_mode, int(re_count)
         self.crop = PretrainTransform(size, scale=scale, ratio=ratio, hflip=hflip, normalize=False)
-        _, secondary, final = timm_train_transform(
+        _, secondary, _ = timm_train_transform(
             size, scale, hflip, auto_augment, color_jitter, "bicubic", re_prob, re_mode, re_count, mean, std,
             separate=True)
         self.augment = list(secondary.transforms)  # timm's RandAugment (or ColorJitter), PIL -> PIL
-        # timm's final stage is [MaybeToTensor, Normalize, (RandomErasing)]: keep only the erasing
-        self.erase = [t for t in final.transforms if type(t).__name__ == "RandomErasing"]
-        self._mean255 = torch.tensor(tuple(mean), dtype=torch.float32).view(3, 1, 1) * 255
-        self._inv_std255 = 1.0 / (torch.tensor(tuple(std), dtype=torch.float32).view(3, 1, 1) * 255)
+        self._finish = self.device_finish("cpu") if normalize else None
 
     def __call__(self, img: Image.Image | torch.Tensor | EncodedImage) -> torch.Tensor:
         x = self.crop.crops(img, 1)[0]  # uint8 [3, size, size], HWC in memory (see resize_uint8)
@@ -124,34 +121,33 @@ class FinetuneTransform:
             for t in self.augment:
                 pil = t(pil)
             x = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-        if not self.normalize:
+        if self._finish is None:
             return x.contiguous()
-        x = x.contiguous().float().sub_(self._mean255).mul_(self._inv_std255)
-        for t in self.erase:
-            x = t(x)
-        return x
+        return self._finish(x[None])[0]  # the device step's finish, on a batch of one
 
     def device_finish(self, device: torch.device | str = "cpu") -> Callable[[torch.Tensor], torch.Tensor]:
-        """For ``normalize=False``: uint8 batch [B, 3, H, W] on ``device`` -> normalised, erased float32 batch.
+        """uint8 batch [B, 3, H, W] on ``device`` -> normalised, randomly erased float32 batch.
 
-        The erasing is timm's ``RandomErasing`` in batch mode (each sample erased with
-        probability ``re_prob``, noise drawn on ``device``), the same op as in the worker.
+        What ``normalize=False`` leaves to the training step. The erasing is timm's
+        ``RandomErasing`` in batch mode (each sample erased with probability ``re_prob``,
+        noise drawn on ``device``), the op timm's own pipeline applies per sample.
         """
         from timm.data.random_erasing import RandomErasing
 
-        from pretrain.data.transforms import normalize_uint8
+        from pretrain.data.transforms import Uint8Normalize
 
+        normalize = Uint8Normalize(self.mean, self.std)
         erase = (RandomErasing(self.re_prob, mode=self.re_mode, max_count=self.re_count, device=str(device))
                  if self.re_prob > 0 else None)
-        mean, std = self.mean, self.std
 
         def finish(x: torch.Tensor) -> torch.Tensor:
             if x.dtype != torch.uint8:
                 raise TypeError(f"device_finish expects the uint8 batch of a normalize=False transform, got {x.dtype}")
-            x = normalize_uint8(x, mean, std)
+            x = normalize(x)
             return erase(x) if erase is not None else x
 
         return finish
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(crop={self.crop}, augment={self.augment}, erase={self.erase})"
+        return (f"{type(self).__name__}(crop={self.crop}, augment={self.augment}, re_prob={self.re_prob}, "
+                f"normalize={self.normalize})")

@@ -36,7 +36,7 @@ from .engine.optim import build_adamw, pretrain_param_groups
 from .engine.sampler import ResumableSampler, SeededDataset
 from .engine.trainer import LoopConfig, Trainer, resolve_precision
 from .data.imagefolder import BadImageError
-from .data.transforms import normalize_uint8
+from .data.transforms import Uint8Normalize
 from .models import DropPos, DropPosMasks, MAE, create_vit
 
 
@@ -155,10 +155,12 @@ def make_step_fn(
     ``noise_to_kwargs(noise)``; otherwise the model draws masks from ``generator``.
     """
 
+    normalize = Uint8Normalize()
+
     def step(model, batch):
         imgs = batch[0].to(device, non_blocking=True)
         if imgs.dtype == torch.uint8:  # the workers' uint8 crops: normalise on the device, in one pass
-            imgs = normalize_uint8(imgs)
+            imgs = normalize(imgs)
         if imgs.dim() == 5:  # multi-crop [B, n, C, H, W] -> [B*n, C, H, W]
             imgs = imgs.flatten(0, 1)
         if noise_to_kwargs is not None and len(batch) > 2:

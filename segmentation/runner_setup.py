@@ -128,9 +128,9 @@ def check_ade20k_data(cfg: Config, dataloaders: tuple[str, ...], mode: str = "qu
         if len(parts) != 2 or parts[0] != "images" or ann.strip("/") != f"annotations/{parts[1]}":
             print_log(f"{name}: data_prefix {dict(prefix)} is not the ADE20K layout; folder check skipped", "current")
             continue
-        by_root.setdefault(dataset.get("data_root", ""), [])
-        if parts[1] not in by_root[dataset.get("data_root", "")]:
-            by_root[dataset.get("data_root", "")].append(parts[1])
+        splits = by_root.setdefault(dataset.get("data_root", ""), [])
+        if parts[1] not in splits:
+            splits.append(parts[1])
     summary = {}
     for root, splits in by_root.items():
         summary[root] = validate_ade20k(

@@ -113,7 +113,7 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     timm Mixup/CutMix on the device batch and soft-target cross-entropy (the recipe's
     ``make_step_fn``); random init (weights do not change the cost).
     """
-    from classification.data import build_train_transform
+    from classification.data import batch_finish, build_train_transform
     from classification.finetune import build_loss, load_finetune_config, make_step_fn
     from classification.layer_decay import layer_decay_param_groups
     from classification.model import build_classifier
@@ -139,7 +139,7 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     info = dict(size=cfg.model.size, img_size=img, patch_size=int(cfg.model.patch_size), batch=batch, lr=lr,
                 clip_grad=cfg.optim.clip_grad, clip_mode=cfg.optim.clip_mode, precision_cfg=cfg.train.precision,
                 compile_cfg=bool(cfg.train.compile), num_classes=num_classes)
-    finish = build_train_transform(cfg, normalize=False).device_finish(device)  # normalise + erase on the device
+    finish = batch_finish(build_train_transform(cfg, normalize=False), device)  # normalise (+ erase) on the device
     return model, optimizer, make_step_fn(device, mixup_fn, criterion, finish), (3, img, img), info
 
 

@@ -89,12 +89,12 @@ def build_dataset(name: str, root: Path, split: str, size: int) -> tuple[torch.u
     from torchvision import transforms as T
 
     from pretrain.data.imagefolder import ImageFolderDataset
-    from pretrain.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_pretrain_transform,
-                                          normalize_uint8)
+    from pretrain.data.transforms import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Uint8Normalize,
+                                          build_pretrain_transform)
 
     if name == "pretrain/ours":
         return ImageFolderDataset(root, split, build_pretrain_transform(size, scale=(0.2, 1.0), normalize=False)), \
-            normalize_uint8
+            Uint8Normalize()
     if name == "pretrain/torchvision":
         tf = T.Compose([
             T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),

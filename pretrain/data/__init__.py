@@ -17,6 +17,7 @@ from .transforms import (
     build_eval_transform,
     build_multicrop_transform,
     build_pretrain_transform,
+    Uint8Normalize,
     normalize_uint8,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "decode_image",
     "load_image",
     "make_builtin_dataset",
+    "Uint8Normalize",
     "normalize_uint8",
 ]

@@ -1,11 +1,11 @@
 """Image transforms for pretraining (DropPos / MAE, AdPE's multi-crop MAE+) and evaluation.
 
 Why not torchvision's PIL pipeline: the same augmentations run on uint8 CHW
-tensors are about twice as fast per core. Decoding goes through
+tensors are about twice as fast per core (README, Performance). Decoding goes through
 ``torchvision.io.decode_jpeg`` (see ``imagefolder.py``), cropping is a view,
 resizing is torch's antialiased uint8 bicubic kernel (the same filter as PIL's
 bicubic), and normalisation is one fused float pass at the end, or deferred to
-the accelerator with ``normalize=False`` and :func:`normalize_uint8`.
+the accelerator with ``normalize=False`` and :class:`Uint8Normalize`.
 
 Random draws use torch's generator in the same order as torchvision
 (``RandomResizedCrop`` then ``RandomHorizontalFlip``), so a seeded run samples
@@ -53,15 +53,33 @@ def to_uint8_tensor(img: Image.Image | torch.Tensor) -> torch.Tensor:
     return img
 
 
+class Uint8Normalize:
+    """uint8 [..., 3, H, W] -> float32 (x / 255 - mean) / std, in one fused pass.
+
+    The constants are made once per device: building them from Python floats in every
+    training step would be a blocking host-to-device copy on CUDA.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD) -> None:
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = self._constants.get(x.device)
+        if c is None:
+            mean255 = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255
+            inv_std255 = 1.0 / (torch.tensor(self.std, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255)
+            c = self._constants[x.device] = (mean255, inv_std255)
+        return x.float().sub_(c[0]).mul_(c[1])
+
+
 def normalize_uint8(
     x: torch.Tensor,
     mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
     std: Sequence[float] = IMAGENET_DEFAULT_STD,
 ) -> torch.Tensor:
-    """uint8 [..., 3, H, W] (any device) -> float32 (x / 255 - mean) / std, in one fused pass."""
-    mean255 = torch.tensor(mean, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255
-    inv_std255 = 1.0 / (torch.tensor(std, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255)
-    return x.float().sub_(mean255).mul_(inv_std255)
+    """One-off :class:`Uint8Normalize` (loops should keep an instance)."""
+    return Uint8Normalize(mean, std)(x)
 
 
 def sample_resized_crop(
@@ -127,8 +145,8 @@ def decode_reduced(
 def resize_uint8(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """uint8 [3, H, W] -> uint8 [3, h, w], antialiased bicubic (PIL's filter), no float round trip.
 
-    Runs channels-last (the layout decoders produce and torch's uint8 kernel prefers, about
-    20% faster); the result is in HWC memory, so ``x.permute(1, 2, 0)`` is a contiguous image.
+    Runs channels-last (the layout decoders produce and torch's uint8 kernel prefers); the
+    result is in HWC memory, so ``x.permute(1, 2, 0)`` is a contiguous image.
     """
     if tuple(img.shape[-2:]) == tuple(size):
         return img
@@ -144,14 +162,13 @@ class _TensorTransform:
         self.input_kind = "encoded"  # EncodedImage, tensor and PIL all work; bytes allow reduced decoding
         self.normalize = normalize
         self.mean, self.std = tuple(mean), tuple(std)
-        self._mean255 = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1) * 255
-        self._inv_std255 = 1.0 / (torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1) * 255)
+        self._normalize = Uint8Normalize(mean, std)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         if not self.normalize:
             return x
-        return x.float().sub_(self._mean255).mul_(self._inv_std255)
+        return self._normalize(x)
 
 
 class PretrainTransform(_TensorTransform):
