@@ -7,6 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-outputs/bench/cpu}
 ONLY=${ONLY:-}   # e.g. ONLY="adpe_s16 finetune_s16": run just these rows
+ROWS="droppos_s16 droppos_s16_foreach droppos_s16_compile mae_s16 adpe_s16 finetune_s16 droppos_tiny_recipe droppos_tiny_recipe_compile data_pipelines"
+for row in $ONLY; do
+    if [[ " $ROWS " != *" $row "* ]]; then echo "ONLY: unknown row '$row' (rows: $ROWS)" >&2; exit 2; fi
+done
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 S16=(--size small --img-size 224 --patch-size 16 --batch 16 --steps 20 --warmup 3)
