@@ -98,7 +98,8 @@ def build_train_transform(cfg: DictConfig, normalize: bool = True):
     """The training pipeline of the ``aug`` section.
 
     ``aug.pipeline: fast`` (default) is :class:`classification.transforms.FinetuneTransform`
-    (bicubic crops only); with ``normalize=False`` it returns uint8 crops and its
+    (bicubic crops only; ``aug.geometry`` picks OpenCV or PIL for RandAugment's rotate /
+    shear / translate); with ``normalize=False`` it returns uint8 crops and its
     ``device_finish`` normalises and erases the batch on the device. ``timm`` is timm's
     ``create_transform`` on PIL images (normalised tensors, whatever ``normalize`` says).
     """
@@ -114,7 +115,10 @@ def build_train_transform(cfg: DictConfig, normalize: bool = True):
                   color_jitter=a.color_jitter, re_prob=float(a.reprob), re_mode=a.remode, re_count=int(a.recount),
                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     if a.pipeline == "fast":
-        return FinetuneTransform(int(cfg.model.img_size), normalize=normalize, **kwargs)
+        geometry = a.get("geometry", "opencv")
+        if geometry not in ("opencv", "pil"):
+            raise ValueError(f"aug.geometry must be 'opencv' or 'pil', got {geometry!r}")
+        return FinetuneTransform(int(cfg.model.img_size), normalize=normalize, geometry=geometry, **kwargs)
     return timm_train_transform(int(cfg.model.img_size), interpolation=a.interpolation, **kwargs)
 
 

@@ -10,7 +10,10 @@ replaces the two ends, where most of the time goes:
   ``torchvision.io`` (at 1/2, 1/4, 1/8 scale when the box allows) and cropped and
   resized as a uint8 tensor with torch's antialiased bicubic kernel
   (``pretrain.data.transforms.PretrainTransform``);
-- the 224 px crop goes to PIL only for RandAugment and comes back as a uint8 tensor.
+- the 224 px crop goes to PIL only for RandAugment and comes back as a uint8 tensor;
+  RandAugment's rotate / shear / translate run on OpenCV
+  (:mod:`classification.opencv_geometry`: PIL's matrix and fill, OpenCV's bicubic
+  kernel), the recipe's costliest ops; ``geometry="pil"`` keeps timm's PIL ops.
   With ``normalize=False`` (what ``classification.finetune`` uses) that uint8 crop is
   the sample: DataLoader workers ship a quarter of the bytes, and the fused
   normalisation and timm's RandomErasing run on the training device, on the batch
@@ -103,8 +106,11 @@ class FinetuneTransform:
         mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
         std: Sequence[float] = IMAGENET_DEFAULT_STD,
         normalize: bool = True,
+        geometry: str = "opencv",
     ) -> None:
-        self.normalize = normalize
+        if geometry not in ("opencv", "pil"):
+            raise ValueError(f"FinetuneTransform: geometry must be 'opencv' or 'pil', got {geometry!r}")
+        self.normalize, self.geometry = normalize, geometry
         self.mean, self.std = tuple(mean), tuple(std)
         self.re_prob, self.re_mode, self.re_count = float(re_prob), re_mode, int(re_count)
         self.crop = PretrainTransform(size, scale=scale, ratio=ratio, hflip=hflip, normalize=False)
@@ -112,6 +118,11 @@ class FinetuneTransform:
             size, scale, hflip, auto_augment, color_jitter, "bicubic", re_prob, re_mode, re_count, mean, std,
             separate=True)
         self.augment = list(secondary.transforms)  # timm's RandAugment (or ColorJitter), PIL -> PIL
+        if geometry == "opencv":
+            from classification.opencv_geometry import use_opencv_geometry
+
+            for t in self.augment:
+                use_opencv_geometry(t)
         self._finish = self.device_finish("cpu") if normalize else None
 
     def __call__(self, img: Image.Image | torch.Tensor | EncodedImage) -> torch.Tensor:
@@ -149,5 +160,5 @@ class FinetuneTransform:
         return finish
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(crop={self.crop}, augment={self.augment}, re_prob={self.re_prob}, "
-                f"normalize={self.normalize})")
+        return (f"{type(self).__name__}(crop={self.crop}, augment={self.augment}, geometry={self.geometry!r}, "
+                f"re_prob={self.re_prob}, normalize={self.normalize})")
