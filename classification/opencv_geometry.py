@@ -22,6 +22,7 @@ slightly softer kernel. ``aug.pipeline: timm`` runs timm's PIL ops unchanged.
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 from typing import Any, Sequence
@@ -63,11 +64,22 @@ def affine(img: Image.Image, matrix: Sequence[float], resample: Any = Image.Resa
     xs, ys = a * xc + (b * yc + c), d * xc + (e * yc + f)  # [H, W]
     outside = (xs < 0) | (xs >= w) | (ys < 0) | (ys >= h)
     if outside.any():
-        fill = 0 if fillcolor is None else fillcolor
-        if out.ndim == 3 and not isinstance(fill, (tuple, list)):
-            fill = (fill,) * out.shape[2]
-        out[outside] = fill
+        fill = _fill_image(out.shape, 0 if fillcolor is None else fillcolor)
+        cv2.copyTo(fill, outside.view(np.uint8), out)  # much faster than out[outside] = fill
     return Image.fromarray(out, mode=img.mode)
+
+
+@functools.lru_cache(maxsize=8)
+def _fill_image_cached(shape: tuple[int, ...], fill: tuple[int, ...] | int) -> np.ndarray:
+    img = np.empty(shape, dtype=np.uint8)
+    img[...] = fill  # slow for a per-channel colour (numpy broadcasts 3 values at a time): done once
+    img.flags.writeable = False
+    return img
+
+
+def _fill_image(shape: tuple[int, ...], fill: Any) -> np.ndarray:
+    """A read-only uint8 image of ``shape`` filled with ``fill`` (a number or one value per channel)."""
+    return _fill_image_cached(tuple(shape), tuple(int(v) for v in fill) if isinstance(fill, (tuple, list)) else int(fill))
 
 
 def _tf_kwargs(kwargs: dict) -> dict:

@@ -124,7 +124,25 @@ def test_make_large_jpegs(small_builtin, tmp_path):
 
     with Image.open(files[0]) as im:
         assert im.size == (500, 375) and im.format == "JPEG"
-    assert benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6) == root  # reused
+    stamp = files[0].stat().st_mtime_ns
+    assert benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6) == root
+    assert files[0].stat().st_mtime_ns == stamp  # same arguments: reused
+    benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6, noise=5.0)
+    assert files[0].stat().st_mtime_ns != stamp  # other arguments: rewritten
+    assert json.loads((root / "large_jpegs.json").read_text())["noise"] == 5.0
+
+
+def test_stats_standard_error():
+    """The s.e. of the channel mean is the spread of per-image means over sqrt(images)."""
+    st = benchmark_data._Stats()
+    x = torch.zeros(4, 3, 2, 2)
+    x[:, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(4, 1, 1)  # per-image means 1..4 in channel R
+    st.update(x[:2])
+    st.update(x[2:])
+    mean, std, se = st.result()
+    assert mean[0] == pytest.approx(2.5) and mean[1] == 0.0
+    assert std[0] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std(unbiased=False).item())
+    assert se[0] == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item() / 2) and se[1] == 0.0
 
 
 def test_benchmark_data_cli(small_builtin, tmp_path, capsys):
@@ -139,6 +157,7 @@ def test_benchmark_data_cli(small_builtin, tmp_path, capsys):
     for r in res.values():
         assert r["images"] > 0 and r["images_per_s"] > 0
         assert all(0.2 < s < 3.0 for s in r["std"]) and all(abs(m) < 2.0 for m in r["mean"])
+        assert all(0.0 < e < 1.0 for e in r["mean_se"])
     # Same recipe, two implementations: output statistics agree (loosely: few random crops).
     for a, b in [("pretrain/ours", "pretrain/torchvision")]:
         assert max(abs(x - y) for x, y in zip(res[a]["mean"], res[b]["mean"])) < 0.35

@@ -58,6 +58,7 @@ def data_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 f"{p['images_per_s_per_worker']:.1f}",
                 f"{p['images_per_s'] / base:.2f}x" if base else "",
                 " ".join(f"{m:+.3f}" for m in p["mean"]),
+                " ".join(f"{e:.3f}" for e in p["mean_se"]) if "mean_se" in p else "n/a",
                 " ".join(f"{s:.3f}" for s in p["std"]),
                 f"`{r['command']}`" if "command" in r else "",
             ])
@@ -88,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if data:
         print()
         print(markdown(["pipeline", "data", "workers", "images/s", "images/s per worker", "vs torchvision",
-                        "output mean (RGB)",
-                        "output std (RGB)", "command"], data_rows(data)))
+                        "output mean (RGB)", "s.e. of mean", "output std (RGB)", "command"], data_rows(data)))
     return 0
 
 
