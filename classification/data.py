@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from classification.opencv_geometry import one_opencv_thread
 from pretrain.data.imagefolder import ImageFolderDataset
 from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_eval_transform
 from pretrain.engine import distributed as du
@@ -170,6 +171,7 @@ def train_loader(
         drop_last=True,
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds never touch the global generator
+        worker_init_fn=one_opencv_thread,
     )
     return loader, sampler
 
@@ -183,6 +185,7 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
         num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=one_opencv_thread,
     )
 
 

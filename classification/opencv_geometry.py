@@ -134,6 +134,16 @@ def rotate(img: Image.Image, degrees: float, **kwargs: Any) -> Image.Image:
     return affine(img, matrix, **tf)
 
 
+def one_opencv_thread(worker_id: int | None = None) -> None:
+    """A DataLoader ``worker_init_fn``: OpenCV on one thread, as torch already is in workers.
+
+    OpenCV starts a thread per core for each warp; with one DataLoader worker per core
+    that only oversubscribes the machine (and in a per-core benchmark it would borrow a
+    second core).
+    """
+    cv2.setNumThreads(1)
+
+
 _OPS = {
     "Rotate": rotate,
     "ShearX": shear_x,

@@ -85,3 +85,20 @@ def test_finetune_transform_opencv_draws_what_pil_draws(small_builtin):
     assert (per_sample > 0).any()  # and some samples did go through a geometric op
     with pytest.raises(ValueError, match="geometry"):
         FinetuneTransform(64, geometry="skimage")
+
+
+def test_workers_run_opencv_on_one_thread(small_builtin):
+    """OpenCV would start a thread per core in every DataLoader worker; the loaders stop that."""
+    import cv2
+
+    from classification.data import train_loader
+
+    before = cv2.getNumThreads()
+    try:
+        og.one_opencv_thread(0)
+        assert cv2.getNumThreads() == 1
+    finally:
+        cv2.setNumThreads(before)
+    ds = [(torch.zeros(3), 0)] * 4
+    loader, _ = train_loader(ds, batch_size=2, seed=0, workers=0, device=torch.device("cpu"))
+    assert loader.worker_init_fn is og.one_opencv_thread

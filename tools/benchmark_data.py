@@ -154,9 +154,11 @@ def make_loader(ds, workers: int, batch: int, seed: int) -> torch.utils.data.Dat
     """The training DataLoader setup (persistent workers, prefetch 4), endless shuffled order."""
     g = torch.Generator().manual_seed(seed)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10 ** 8, generator=g)
+    from classification.opencv_geometry import one_opencv_thread
+
     return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers,
                                        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-                                       drop_last=True)
+                                       drop_last=True, worker_init_fn=one_opencv_thread)
 
 
 def measure(it, seconds: float, batch: int, stats: _Stats, finish: Callable | None = None,
@@ -189,7 +191,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         root = make_large_jpegs(root, Path(args.large_dir), args.make_large, noise=args.large_noise)
     torch.manual_seed(args.seed)
     if args.workers == 0:  # in process: one core, as a DataLoader worker has (torch uses 1 thread there)
+        from classification.opencv_geometry import one_opencv_thread
+
         torch.set_num_threads(1)
+        one_opencv_thread()
     names = args.pipelines or list(PIPELINES)
     loaders, iters, stats, counts, secs, finishers = {}, {}, {}, {}, {}, {}
     for name in names:
