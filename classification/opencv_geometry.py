@@ -37,17 +37,15 @@ _CV2_FILTER = {
     Image.Resampling.BICUBIC: cv2.INTER_CUBIC,
 }
 
-# timm's op names whose functions this module replaces (``timm.data.auto_augment.NAME_TO_OP``)
-GEOMETRIC_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY", "TranslateXRel", "TranslateYRel")
-
-
 def affine(img: Image.Image, matrix: Sequence[float], resample: Any = Image.Resampling.BICUBIC,
            fillcolor: Any = None) -> Image.Image:
     """``img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fillcolor)`` done by OpenCV.
 
     ``matrix`` = (a, b, c, d, e, f) maps output (x, y) to source (a x + b y + c, d x + e y + f),
-    PIL's convention. Output size = input size.
+    PIL's convention. Output size = input size. RGB and L images (what RandAugment sees).
     """
+    if img.mode not in ("RGB", "L"):
+        raise ValueError(f"affine: RGB or L images only, got mode {img.mode!r}")
     try:
         flags = _CV2_FILTER[resample]
     except KeyError:
@@ -66,7 +64,7 @@ def affine(img: Image.Image, matrix: Sequence[float], resample: Any = Image.Resa
     if outside.any():
         fill = _fill_image(out.shape, 0 if fillcolor is None else fillcolor)
         cv2.copyTo(fill, outside.view(np.uint8), out)  # much faster than out[outside] = fill
-    return Image.fromarray(out, mode=img.mode)
+    return Image.fromarray(out)  # uint8 [H, W, 3] -> RGB, [H, W] -> L
 
 
 @functools.lru_cache(maxsize=8)
@@ -144,6 +142,7 @@ def one_opencv_thread(worker_id: int | None = None) -> None:
     cv2.setNumThreads(1)
 
 
+# timm's op names (``timm.data.auto_augment.NAME_TO_OP``) -> the functions that replace them
 _OPS = {
     "Rotate": rotate,
     "ShearX": shear_x,

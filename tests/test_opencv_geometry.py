@@ -102,3 +102,14 @@ def test_workers_run_opencv_on_one_thread(small_builtin):
     ds = [(torch.zeros(3), 0)] * 4
     loader, _ = train_loader(ds, batch_size=2, seed=0, workers=0, device=torch.device("cpu"))
     assert loader.worker_init_fn is og.one_opencv_thread
+
+
+def test_grey_images_and_bad_modes(image):
+    from timm.data import auto_augment as aa
+
+    grey = image.convert("L")
+    pil = np.asarray(aa.NAME_TO_OP["Rotate"](grey, 20.0, fillcolor=7, resample=BILINEAR)).astype(int)
+    ours = og.rotate(grey, 20.0, fillcolor=7, resample=BILINEAR)
+    assert ours.mode == "L" and np.abs(np.asarray(ours).astype(int) - pil).max() <= 1
+    with pytest.raises(ValueError, match="RGBA"):
+        og.shear_x(image.convert("RGBA"), 0.1, fillcolor=FILL)
