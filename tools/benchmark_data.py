@@ -12,8 +12,9 @@ change in machine load hits all of them alike):
 - ``finetune/ours``: the suite's fine-tuning input (``ImageFolderDataset`` +
   ``classification.transforms.FinetuneTransform``: header-sized crop box, torchvision.io
   decode, uint8 antialiased bicubic resize, flip, timm's RandAugment rand-m9-mstd0.5-inc1
-  on the 224 px crop with its geometric ops on OpenCV; uint8 batches, then fused normalise + timm's random erasing 0.25 on
-  the batch by the consumer, as the training step does on the device);
+  on the 224 px crop with its geometric ops on OpenCV; uint8 batches, then fused
+  normalise + timm's random erasing 0.25 on the batch by the consumer, as the training
+  step does on the device);
 - ``finetune/torchvision``: ``torchvision.datasets.ImageFolder`` + timm's
   ``create_transform`` with the same recipe, all on PIL images.
 
@@ -48,7 +49,7 @@ def make_large_jpegs(src_root: Path, dst_root: Path, count: int, size: tuple[int
 
     Each source image is upscaled (bicubic) and given Gaussian pixel noise (sigma ``noise``)
     so the files carry as many bytes as ImageNet's training JPEGs (about 110 KB on average;
-    sigma 25 at quality 90 gives about 107 KB): entropy decoding, which both pipelines pay
+    sigma 25 at quality 90 gives about 106 KB): entropy decoding, which both pipelines pay
     in full, costs what it costs on ImageNet, not less as it would on smooth content.
     Idempotent: a folder written with the same arguments (``large_jpegs.json``) is reused,
     any other is rewritten.
