@@ -116,10 +116,8 @@ def build_train_transform(cfg: DictConfig, normalize: bool = True):
                   color_jitter=a.color_jitter, re_prob=float(a.reprob), re_mode=a.remode, re_count=int(a.recount),
                   mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
     if a.pipeline == "fast":
-        geometry = a.get("geometry", "opencv")
-        if geometry not in ("opencv", "pil"):
-            raise ValueError(f"aug.geometry must be 'opencv' or 'pil', got {geometry!r}")
-        return FinetuneTransform(int(cfg.model.img_size), normalize=normalize, geometry=geometry, **kwargs)
+        return FinetuneTransform(int(cfg.model.img_size), normalize=normalize, geometry=a.get("geometry", "opencv"),
+                                 **kwargs)
     return timm_train_transform(int(cfg.model.img_size), interpolation=a.interpolation, **kwargs)
 
 

@@ -1,9 +1,9 @@
 """timm's RandAugment geometric ops (rotate, shear, translate) done by OpenCV.
 
 timm warps with PIL's ``Image.transform(AFFINE)``, the slowest op of the fine-tuning
-recipe: about 3 ms for a 224 px RGB crop on one core, paid by a third of all samples
-(rand-m9-mstd0.5-inc1 draws 2 of 15 ops, each applied with probability 0.5; 5 of the 15
-are geometric). ``cv2.warpAffine`` does the same warp in a fraction of that.
+recipe, paid by a third of all samples (rand-m9-mstd0.5-inc1 draws 2 of 15 ops, each
+applied with probability 0.5; 5 of the 15 are geometric). ``cv2.warpAffine`` does the
+same warp several times faster (README, Performance).
 
 What is kept from PIL, so that a warped crop matches timm's but for the filter:
 
@@ -13,6 +13,7 @@ What is kept from PIL, so that a warped crop matches timm's but for the filter:
 - the border: PIL fills an output pixel whose mapped centre falls outside the source
   and clamps filter taps at the image edge; here that is ``BORDER_REPLICATE`` plus the
   same outside-mask filled with ``fillcolor``;
+- the rounding: PIL's 8-bit filters truncate, so the warp runs in float32 and truncates;
 - ``rotate``: PIL's ``Image.rotate`` matrix about the image centre, and its exact fast
   paths (0 degrees: copy, 180: transpose; 90 / 270 on square images: transpose).
 

@@ -109,7 +109,8 @@ class FinetuneTransform:
         geometry: str = "opencv",
     ) -> None:
         if geometry not in ("opencv", "pil"):
-            raise ValueError(f"FinetuneTransform: geometry must be 'opencv' or 'pil', got {geometry!r}")
+            raise ValueError(f"geometry (aug.geometry in a fine-tuning config) must be 'opencv' or 'pil', "
+                             f"got {geometry!r}")
         self.normalize, self.geometry = normalize, geometry
         self.mean, self.std = tuple(mean), tuple(std)
         self.re_prob, self.re_mode, self.re_count = float(re_prob), re_mode, int(re_count)

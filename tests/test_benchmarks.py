@@ -130,6 +130,14 @@ def test_make_large_jpegs(small_builtin, tmp_path):
     benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6, noise=5.0)
     assert files[0].stat().st_mtime_ns != stamp  # other arguments: rewritten
     assert json.loads((root / "large_jpegs.json").read_text())["noise"] == 5.0
+    own = root / "train" / files[0].parent.name / "mine.JPEG"  # not written by make_large_jpegs: kept
+    own.write_bytes(files[0].read_bytes())
+    (root / "large_jpegs.json").write_text("{not json")  # unreadable manifest: the folder is written again
+    benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6)
+    assert own.is_file() and len(list((root / "train").glob("*/large_*.JPEG"))) == 6
+    assert json.loads((root / "large_jpegs.json").read_text())["noise"] == 25.0
+    with pytest.raises(ValueError, match="--large-noise"):
+        benchmark_data.make_large_jpegs(small_builtin / "imagenet", tmp_path / "large", 6, noise=-1.0)
 
 
 def test_stats_standard_error():

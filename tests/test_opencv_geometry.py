@@ -113,3 +113,13 @@ def test_grey_images_and_bad_modes(image):
     assert ours.mode == "L" and np.abs(np.asarray(ours).astype(int) - pil).max() <= 1
     with pytest.raises(ValueError, match="RGBA"):
         og.shear_x(image.convert("RGBA"), 0.1, fillcolor=FILL)
+
+
+def test_config_key_picks_the_geometry():
+    from classification.data import build_train_transform
+    from classification.finetune import load_finetune_config
+
+    assert build_train_transform(load_finetune_config(None, ["model.img_size=32"])).geometry == "opencv"
+    assert build_train_transform(load_finetune_config(None, ["model.img_size=32", "aug.geometry=pil"])).geometry == "pil"
+    with pytest.raises(ValueError, match="aug.geometry"):
+        build_train_transform(load_finetune_config(None, ["aug.geometry=skimage"]))

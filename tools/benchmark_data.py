@@ -51,21 +51,28 @@ def make_large_jpegs(src_root: Path, dst_root: Path, count: int, size: tuple[int
     so the files carry as many bytes as ImageNet's training JPEGs (about 110 KB on average;
     sigma 25 at quality 90 gives about 106 KB): entropy decoding, which both pipelines pay
     in full, costs what it costs on ImageNet, not less as it would on smooth content.
-    Idempotent: a folder written with the same arguments (``large_jpegs.json``) is reused,
-    any other is rewritten.
+    Idempotent: a folder written with the same arguments (``large_jpegs.json``) is reused;
+    otherwise the ``large_*.JPEG`` files this function wrote are replaced (nothing else in
+    ``dst_root`` is touched).
     """
+    if noise < 0:
+        raise ValueError(f"--large-noise must be >= 0, got {noise}")
     src = Path(src_root) / split
     dst = Path(dst_root) / split
     manifest = Path(dst_root) / "large_jpegs.json"
     params = {"src": str(Path(src_root).resolve()), "count": count, "size": list(size), "quality": quality,
               "noise": noise, "seed": seed, "split": split}
-    existing = sorted(dst.glob("*/*.JPEG")) if dst.is_dir() else []
-    if manifest.is_file() and json.loads(manifest.read_text()) == params and len(existing) == count:
+    existing = sorted(dst.glob("*/large_*.JPEG")) if dst.is_dir() else []
+    try:
+        written_with = json.loads(manifest.read_text())
+    except (OSError, ValueError):  # missing or unreadable: write the folder again
+        written_with = None
+    if written_with == params and len(existing) == count:
         return Path(dst_root)
     files = sorted(src.glob("*/*"))
     if not files:
         raise FileNotFoundError(f"no images found under {src}")
-    for f in existing:  # written with other arguments
+    for f in existing:  # written by this function with other arguments
         f.unlink()
     rng = np.random.default_rng(seed)
     for i in range(count):
