@@ -1,6 +1,6 @@
 """Any supported checkpoint -> a frozen suite ViT plus the method's position replacement.
 
-The analyses (position probe, pictures) take whatever ``pretrain.checkpoints``
+The analyses (position probe, pictures) take whatever ``pretrain.weights``
 reads: this suite's pretraining checkpoints and exported ``backbone.pth``, the
 reference DropPos / MAE / AdPE checkpoints, timm ViT weights (supervised, MoCo
 v3 ...). The architecture is read off the weights (width, depth, patch size and
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.checkpoints import (
+from pretrain.weights import (
     ENCODER_PREFIX,
     CheckpointError,
     detect_format,
@@ -50,7 +50,7 @@ class LoadedBackbone:
     Attributes:
         model: the suite ViT in eval mode, gradients off.
         method: droppos | mae | adpe | timm | unknown (from the file or its keys).
-        source_format: what ``pretrain.checkpoints.detect_format`` called the weights.
+        source_format: what ``pretrain.weights.detect_format`` called the weights.
         position_token: [1, 1, D] replacement for a dropped position embedding.
         replacement: the replacement's name (zero, mask_pos_token, ...).
         path: the checkpoint file.

@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
-from pretrain.checkpoints import CheckpointError, load_checkpoint_file, load_method_weights, model_state  # noqa: E402
+from pretrain.weights import CheckpointError, load_checkpoint_file, load_method_weights, model_state  # noqa: E402
 from pretrain.data.transforms import build_eval_transform, normalize_uint8  # noqa: E402
 from pretrain.models.droppos import smoothing_matrix  # noqa: E402
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -33,9 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain.checkpoints import CheckpointError
+from pretrain.weights import CheckpointError
 
 from .backbone import REPLACEMENTS, LoadedBackbone, load_backbone
+from pretrain.atomic import atomic_write_text
 
 METRICS_FILE = "position_probe_metrics.json"
 
@@ -317,9 +317,7 @@ def write_metrics(metrics: dict, output: str | Path) -> Path:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     path = out / METRICS_FILE
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     return path
 
 
@@ -336,7 +334,7 @@ def parse_ratios(text: str) -> list[float]:
 def get_args_parser() -> argparse.ArgumentParser:
     d = ProbeSettings()
     p = argparse.ArgumentParser("position-prediction linear probe", add_help=True)
-    p.add_argument("--checkpoint", required=True, help="any checkpoint pretrain.checkpoints reads")
+    p.add_argument("--checkpoint", required=True, help="any checkpoint pretrain.weights reads")
     p.add_argument("--data", default="builtin", help="ImageFolder root with train/ and val/, or 'builtin'")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--drop-ratio", type=float, default=None, help="share of positions dropped (default 0.75)")

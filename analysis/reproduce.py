@@ -37,6 +37,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from pretrain.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("droppos", "mae", "adpe")
@@ -506,9 +507,7 @@ def write_status(run_dir: Path, stage: str, record: dict) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         status = read_status(run_dir)
         status[stage] = record
-        tmp = run_dir / f".stage_status.json.tmp{os.getpid()}"
-        tmp.write_text(json.dumps(status, indent=2) + "\n")
-        os.replace(tmp, run_dir / "stage_status.json")
+        atomic_write_text(run_dir / "stage_status.json", json.dumps(status, indent=2) + "\n")
 
 
 def _summary(stage: Stage) -> str:

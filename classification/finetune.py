@@ -26,7 +26,7 @@ import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.engine import distributed as du
-from pretrain.engine.checkpointing import CheckpointManager
+from pretrain.engine.run_checkpoints import CheckpointManager
 from pretrain.engine.config import ConfigError, load_config, save_config
 from pretrain.engine.guard import NonFiniteLossError
 from pretrain.engine.logger import RunLogger

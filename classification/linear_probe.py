@@ -34,7 +34,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from pretrain.data.transforms import build_pretrain_transform
 from pretrain.engine import distributed as du
-from pretrain.engine.checkpointing import CheckpointManager
+from pretrain.engine.run_checkpoints import CheckpointManager
 from pretrain.engine.config import ConfigError, load_config, save_config
 from pretrain.engine.guard import NonFiniteLossError
 from pretrain.engine.logger import RunLogger

@@ -1,6 +1,6 @@
 """Pretrained encoder weights into a classifier, with a report of what happened to every key.
 
-Any checkpoint ``pretrain.checkpoints`` understands works: this suite's pretraining
+Any checkpoint ``pretrain.weights`` understands works: this suite's pretraining
 checkpoints (any method) and exported ``backbone.pth``, the reference DropPos, MAE
 and AdPE files (``module.`` prefixes, pickled ``args`` ignored safely) and timm ViT
 weights. As in MAE's ``main_finetune.py``, the only model weights allowed to stay
@@ -12,7 +12,6 @@ grid is resized bicubically, its cls row kept.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -22,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoints import (
+from pretrain.atomic import atomic_write_json
+from pretrain.weights import (
     CheckpointError,
     detect_format,
     encoder_state_dict,
@@ -77,10 +77,7 @@ class LoadReport:
 
     def save(self, out_dir: str | os.PathLike) -> Path:
         path = Path(out_dir) / "load_report.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(path, asdict(self))
         return path
 
 

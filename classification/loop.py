@@ -3,12 +3,11 @@
 An evaluation runs at the end of an epoch, before that epoch's checkpoint is
 written, and its numbers go into the epoch's ``history`` entry, so a resumed run
 keeps every earlier evaluation and the best score. The best weights go to
-``best.pth`` (``{'model': ...}``, loadable by ``pretrain.checkpoints``); the numbered
+``best.pth`` (``{'model': ...}``, loadable by ``pretrain.weights``); the numbered
 checkpoints hold the last state for resuming.
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from pathlib import Path
@@ -17,7 +16,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from pretrain.checkpoints import atomic_torch_save
+from pretrain.weights import atomic_torch_save
+from pretrain.atomic import atomic_write_json
 from pretrain.engine import distributed as du
 from pretrain.engine.trainer import Trainer, TrainState
 
@@ -108,7 +108,5 @@ def write_metrics(out_dir: str | os.PathLike, metrics: dict[str, Any]) -> Path:
     """Write ``classification_metrics.json`` atomically (main process only)."""
     path = Path(out_dir) / "classification_metrics.json"
     if du.is_main_process():
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(metrics, indent=2))
-        os.replace(tmp, path)
+        atomic_write_json(path, metrics)
     return path

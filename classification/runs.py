@@ -15,9 +15,9 @@ from typing import Any
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.checkpoints import CheckpointError
+from pretrain.weights import CheckpointError
 from pretrain.engine import distributed as du
-from pretrain.engine.checkpointing import CheckpointManager, load_resume_file
+from pretrain.engine.run_checkpoints import CheckpointManager, load_resume_file
 from pretrain.engine.config import ConfigError
 from pretrain.engine.guard import NonFiniteLossError
 from pretrain.engine.trainer import LoopConfig

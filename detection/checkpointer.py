@@ -1,6 +1,6 @@
 """Pretrained encoders into the ViTDet detector: key mapping and a Detectron2 checkpointer.
 
-``train.init_checkpoint`` may name any checkpoint ``pretrain.checkpoints`` understands (this
+``train.init_checkpoint`` may name any checkpoint ``pretrain.weights`` understands (this
 suite's pretraining runs, reference DropPos / MAE / AdPE files, timm ViT weights, exported
 backbones) or a Detectron2 checkpoint of this detector (resuming, evaluating). The former
 are read safely (weights only; a pickled ``argparse.Namespace`` is ignored), reduced to the
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from pretrain.checkpoints import encoder_state_dict, load_checkpoint_file, model_state
+from pretrain.weights import encoder_state_dict, load_checkpoint_file, model_state
 from pretrain.models.pos_embed import resize_pos_embed
 
 BACKBONE_PREFIX = "backbone.net."
@@ -40,7 +40,7 @@ def encoder_to_vitdet(
     """timm-named encoder weights -> detector keys (``backbone.net.blocks.0.attn.qkv.weight``).
 
     Args:
-        encoder: plain encoder state dict (``pretrain.checkpoints.encoder_state_dict``).
+        encoder: plain encoder state dict (``pretrain.weights.encoder_state_dict``).
         target: the detector's state dict; when given, keys it lacks are dropped and a
             ``pos_embed`` of another grid is resized bicubically to the target's.
         prefix: where the encoder sits in the detector.

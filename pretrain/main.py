@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
@@ -25,9 +24,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoints import CheckpointError, atomic_torch_save, encoder_state_dict
+from .atomic import atomic_write_json
+from .weights import CheckpointError, atomic_torch_save, encoder_state_dict
 from .engine import distributed as du
-from .engine.checkpointing import CheckpointManager, load_resume_file
+from .engine.run_checkpoints import CheckpointManager, load_resume_file
 from .engine.config import ConfigError, load_config, save_config
 from .engine.guard import NonFiniteLossError
 from .engine.logger import RunLogger
@@ -328,7 +328,7 @@ def run(cfg: DictConfig) -> dict:
             "backbone": str(out_dir / "backbone.pth"),
             "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), "bad_image_skips": skips},
         }
-        _write_json_atomic(metrics, out_dir / "pretrain_metrics.json")
+        atomic_write_json(out_dir / "pretrain_metrics.json", metrics)
         if cfg.data.skip_bad or skips:
             seen = sorted(getattr(base_dataset, "bad_files", ()))
             names = f": {', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}" if seen else ""
@@ -336,16 +336,6 @@ def run(cfg: DictConfig) -> dict:
         print(f"[pretrain] done: {json.dumps({k: v for k, v in last.items()})}", flush=True)
     du.barrier()
     return metrics
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def explain_failure(exc: BaseException) -> str | None:

@@ -22,7 +22,6 @@ import functools
 from typing import Any, Sequence
 
 import torch
-import torch.nn as nn
 from mmengine.logging import print_log
 from mmseg.registry import MODELS
 

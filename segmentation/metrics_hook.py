@@ -13,6 +13,7 @@ from typing import Any
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
+from pretrain.atomic import atomic_write_text
 
 METRICS_FILE = "segmentation_metrics.json"
 
@@ -37,10 +38,7 @@ def write_metrics_json(
         **extra,
     }
     path = Path(work_dir) / METRICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     return path
 
 

@@ -2,7 +2,7 @@
 
 MMSeg's own backbone loading is non-strict and silent, and MMEngine's loader
 cannot open checkpoints that pickle an ``argparse.Namespace`` under torch>=2.6.
-Here the file is read as plain tensors (``pretrain.checkpoints``), reduced to
+Here the file is read as plain tensors (``pretrain.weights``), reduced to
 timm-named encoder keys, the position table is resized to the backbone's grid,
 and a report says what was loaded, what is new and what was skipped. Loading
 nothing of the encoder is an error, not a warning.
@@ -51,7 +51,7 @@ def collapse_keys(keys: list[str]) -> str:
 
 def read_encoder_state(path: str) -> dict[str, torch.Tensor]:
     """Any supported checkpoint file -> timm-named encoder tensors (no decoder, no mask tokens)."""
-    from pretrain.checkpoints import load_encoder
+    from pretrain.weights import load_encoder
 
     return load_encoder(path)
 

@@ -64,11 +64,11 @@ def load_mmengine_checkpoint(filename: str, map_location: Any = None) -> dict[st
     MMEngine 0.10.7 calls ``torch.load`` without ``weights_only``, which torch>=2.6
     turns into weights-only loading, and its checkpoints pickle the message hub's
     ``HistoryBuffer`` (whose state needs ``builtins.getattr``) and numpy scalars.
-    Instead of turning the safe loader off, ``pretrain.checkpoints.load_checkpoint_file``
+    Instead of turning the safe loader off, ``pretrain.weights.load_checkpoint_file``
     replaces those objects by inert placeholders; they are then dropped here (only
     log smoothing history and the ETA are lost on resume).
     """
-    from pretrain.checkpoints import load_checkpoint_file
+    from pretrain.weights import load_checkpoint_file
 
     ckpt = load_checkpoint_file(filename, map_location=map_location or "cpu")
     ignored = ckpt.pop("__ignored__", None)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pretrain.checkpoints import check_compatible, encoder_state_dict, to_method_layout, to_reference_layout
+from pretrain.weights import check_compatible, encoder_state_dict, to_method_layout, to_reference_layout
 from pretrain.engine.config import CONFIG_DIR, load_config
 from pretrain.engine.optim import build_adamw
 from pretrain.engine.schedule import set_learning_rate

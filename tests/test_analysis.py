@@ -19,7 +19,7 @@ from analysis.position_probe import (
     encode_with_dropped_positions,
     run_probe,
 )
-from pretrain.checkpoints import encoder_state_dict, to_reference_layout
+from pretrain.weights import encoder_state_dict, to_reference_layout
 from pretrain.models import DropPos, create_vit
 
 

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from pretrain.checkpoints import (
+from pretrain.weights import (
     CheckpointError,
     atomic_torch_save,
     detect_format,

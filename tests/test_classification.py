@@ -15,7 +15,7 @@ from classification.linear_probe import build_probe_optimizer, load_probe_config
 from classification.load import PretrainedEncoder, load_pretrained, read_pretrained
 from classification.model import build_classifier, needs_rel_pos
 from classification.runs import use_rel_pos
-from pretrain.checkpoints import CheckpointError, atomic_torch_save, detect_format, encoder_state_dict
+from pretrain.weights import CheckpointError, atomic_torch_save, detect_format, encoder_state_dict
 from pretrain.engine.config import ConfigError
 from pretrain.models.pos_embed import build_sincos_pos_embed
 from pretrain.models.vit import create_vit

@@ -220,7 +220,7 @@ def test_reference_key_names_map_onto_vitdet_b_and_l():
             enc = create_vitdet_encoder(size)
         own = {f"backbone.net.{k}": v for k, v in enc.state_dict().items()}
         fake = {k: torch.empty(shape, device="meta") for k, shape in models[ref_name]}
-        from pretrain.checkpoints import encoder_state_dict
+        from pretrain.weights import encoder_state_dict
 
         converted, report = encoder_to_vitdet(encoder_state_dict(fake), own)
         assert set(converted) == {k for k in own if ".rel_pos_" not in k}, ref_name

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from pretrain.data.synthetic import make_builtin_dataset
-from pretrain.engine.checkpointing import CheckpointManager, load_resume_file
+from pretrain.engine.run_checkpoints import CheckpointManager, load_resume_file
 from pretrain.engine.config import load_config
 from pretrain.engine.logger import RunLogger
 from pretrain.main import main, run

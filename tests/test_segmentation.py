@@ -221,7 +221,7 @@ def test_reference_vit_b_keys_map_onto_the_vit_b_backbone():
     refs = json.loads(REFERENCE_KEYS.read_text())["models"]
     shapes = dict(refs["droppos:DropPos_mae_vit_base_patch16_dec512d2b"])
     state = {k: torch.zeros(s) for k, s in shapes.items()}
-    from pretrain.checkpoints import encoder_state_dict
+    from pretrain.weights import encoder_state_dict
 
     vit = DropPosViT(arch="base", img_size=512)
     report = load_encoder_weights(vit, encoder_state_dict(state), vit.grid_size)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.checkpoints import CheckpointError, detect_format, export_backbone, load_checkpoint_file, model_state
+from pretrain.weights import CheckpointError, detect_format, export_backbone, load_checkpoint_file, model_state
 
 
 def main(argv: list[str] | None = None) -> int:

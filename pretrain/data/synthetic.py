@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
+from ..atomic import atomic_write_text
 
 BUILTIN_VERSION = 1
 MANIFEST_NAME = "builtin_manifest.json"
@@ -599,6 +600,4 @@ def make_builtin_dataset(
 def _write_manifest(root: Path, entries: dict[str, Any]) -> None:
     data = dict(version=BUILTIN_VERSION, classes=list(BUILTIN_CLASSES), ade_classes=list(ADE_CLASSES),
                 formats={k: entries[k] for k in sorted(entries)})
-    tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.replace(root / MANIFEST_NAME)
+    atomic_write_text(root / MANIFEST_NAME, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
+
 
 class MeanMeter:
     """Running sums of device tensors; reading them is the only host sync."""
@@ -103,9 +105,7 @@ class RunLogger:
                     dropped += 1
             self.records = len(kept)
             if dropped:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                tmp.write_text("".join(line + "\n" for line in kept))
-                os.replace(tmp, self.path)
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
         if self.writer is not None:
             log_dir = self.writer.log_dir
             self.writer.close()

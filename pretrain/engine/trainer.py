@@ -19,8 +19,8 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import distributed as du
-from ..checkpoints import CheckpointError
-from .checkpointing import CheckpointManager, rng_state, set_rng_state
+from ..weights import CheckpointError
+from .run_checkpoints import CheckpointManager, rng_state, set_rng_state
 from .guard import NonFiniteGuard
 from .logger import MeanMeter, RunLogger
 from .optim import clip_gradients

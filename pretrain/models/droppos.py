@@ -10,7 +10,7 @@ attentive reconstruction weights (cls-to-patch cosine similarity of a no-grad
 pass over the full image, softmax at temperature tau).
 
 State-dict keys equal the reference model's once the ``encoder.`` prefix is
-removed (see ``pretrain.checkpoints``): mask_pos_token, decoder_embed,
+removed (see ``pretrain.weights``): mask_pos_token, decoder_embed,
 decoder_blocks.{i}, decoder_norm, decoder_pred.
 """
 from __future__ import annotations

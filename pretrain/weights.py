@@ -18,10 +18,12 @@ import pickle
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
+
+from .atomic import atomic_write
 
 ENCODER_PREFIX = "encoder."
 # Keys that belong to pretraining heads, masks or adversaries: never part of a backbone.
@@ -205,44 +207,12 @@ def load_method_weights(model: nn.Module, path_or_state: str | os.PathLike | dic
     model.load_state_dict(state, strict=strict)
 
 
-def summarize_load(model_keys: Iterable[str], loaded: Iterable[str]) -> dict[str, list[str]]:
-    """Which model keys came from the checkpoint and which are new."""
-    model_keys, loaded = set(model_keys), set(loaded)
-    return {"loaded": sorted(model_keys & loaded), "new": sorted(model_keys - loaded), "skipped": sorted(loaded - model_keys)}
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write ``obj`` to ``path`` so that a crash never leaves a half-written file there.
-
-    Saves to a temporary file in the same folder, fsyncs it, then renames it over
-    the target (atomic on POSIX). On any error the temporary file is removed and a
-    clear error names the path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """``torch.save`` through :func:`pretrain.atomic.atomic_write`; an OS error names the path."""
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
-        raise
-    try:  # make the rename durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except OSError as exc:
+        raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
 
 
 def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..checkpoints import CheckpointError, atomic_torch_save, load_checkpoint_file
+from ..atomic import TEMP_NAME
+from ..weights import CheckpointError, atomic_torch_save, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
-_TMP = re.compile(r"^\..+\.tmp\d+$")  # atomic_torch_save's temporary files
 
 
 def rng_state() -> dict[str, Any]:
@@ -113,7 +113,7 @@ class CheckpointManager:
         removed = []
         if self.directory.is_dir():
             for p in self.directory.iterdir():
-                if _TMP.match(p.name):
+                if TEMP_NAME.match(p.name):
                     try:
                         p.unlink()
                         removed.append(p)
