@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from pretrain.encoder_loading import LoadRules, load_encoder_into
 from pretrain.weights import (
     ENCODER_PREFIX,
     CheckpointError,
@@ -35,7 +36,6 @@ from pretrain.weights import (
     load_checkpoint_file,
     model_state,
 )
-from pretrain.models.pos_embed import resize_pos_embed
 from pretrain.models.vit import VIT_SIZES, VisionTransformer
 
 REPLACEMENTS = ("auto", "zero", "mask_pos_token", "adv_token", "mask_token")
@@ -145,9 +145,9 @@ def build_vit(args: dict) -> VisionTransformer:
     """The suite ViT for ``infer_arch``'s arguments (relative-position blocks when ``rel_pos``)."""
     args = dict(args)
     if args.pop("rel_pos", False):
-        from pretrain.models.relpos import RelPosAttention, RelPosBlock
+        from pretrain.models.relpos import ContextualRelPosAttention, ContextualRelPosBlock
 
-        args.update(block_fn=RelPosBlock, attn_layer=RelPosAttention)
+        args.update(block_fn=ContextualRelPosBlock, attn_layer=ContextualRelPosAttention)
     return VisionTransformer(num_classes=0, **args)
 
 
@@ -190,10 +190,7 @@ def load_backbone(
         if img_size % args["patch_size"]:
             raise ValueError(f"img_size {img_size} is not a multiple of the patch size {args['patch_size']}")
         old = args["img_size"] // args["patch_size"]
-        new = img_size // args["patch_size"]
-        encoder["pos_embed"] = resize_pos_embed(
-            encoder["pos_embed"], (new, new), num_prefix_tokens=1, old_grid=(old, old)
-        )
+        new = img_size // args["patch_size"]  # load_encoder_into resizes the table to the model's grid
         notes.append(
             f"position table resized from {old}x{old} to {new}x{new} (img_size {args['img_size']} -> {img_size})"
         )
@@ -208,17 +205,9 @@ def load_backbone(
         encoder[key] = torch.zeros_like(own[key])  # a model without qkv bias == zero bias
         if "qkv bias" not in " ".join(notes):
             notes.append("no qkv bias in the checkpoint: zero biases used")
-    missing, unexpected = model.load_state_dict(encoder, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: encoder weights do not fit a plain ViT ({args}); "
-            f"missing {missing[:8]}, unexpected {unexpected[:8]}"
-            + (
-                " (relative position encodings are not supported by the analyses)"
-                if any("rpe" in k or "rel_pos" in k for k in unexpected)
-                else ""
-            )
-        )
+    # the model is built from the weights: every key must fit and nothing may stay new
+    rules = LoadRules(strict=True, allowed_new=frozenset(), hint=f"read off the weights as a plain ViT {args}")
+    load_encoder_into(model, encoder, rules, str(path))
     model.requires_grad_(False).eval().to(device)
 
     tokens = _non_encoder_tokens(flat)

@@ -32,10 +32,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from pretrain.weights import CheckpointError
+from pretrain.atomic import atomic_write_text
 
 from .backbone import REPLACEMENTS, LoadedBackbone, load_backbone
-from pretrain.atomic import atomic_write_text
+from .cli import run_command
 
 METRICS_FILE = "position_probe_metrics.json"
 
@@ -373,6 +373,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Probe one checkpoint and write its metrics; 1 with the reason on stderr if it cannot be read."""
     args = get_args_parser().parse_args(argv)
     ratios = args.sweep or [0.75 if args.drop_ratio is None else args.drop_ratio]
     if any(not 0.0 <= r <= 1.0 for r in ratios):
@@ -380,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = ProbeSettings(**{k: getattr(args, k) for k in asdict(ProbeSettings())})
     output = args.output or str(Path(args.checkpoint).parent / "position_probe")
-    try:
+
+    def probe() -> str:
         metrics = run_probe(
             args.checkpoint,
             args.data,
@@ -392,11 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             args.label,
             img_size=args.img_size,
         )
-    except (CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"[position_probe] wrote {Path(output) / METRICS_FILE} ({metrics['wall_seconds']:.0f} s)")
-    return 0
+        return f"[position_probe] wrote {Path(output) / METRICS_FILE} ({metrics['wall_seconds']:.0f} s)"
+
+    return run_command(probe)
 
 
 if __name__ == "__main__":

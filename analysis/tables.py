@@ -8,9 +8,10 @@ finetune or linear_probe), ``detection_metrics.json``, ``segmentation_metrics.js
 ``position_probe_metrics.json``). The method comes from the pretraining metrics
 (or a ``method`` key, or the folder name). Files are read strictly on the keys the
 tables need (a malformed file stops with its path and what is wrong) and
-tolerantly on everything else. An optional ``stage_status.json`` in a run dir
-(written by ``analysis.reproduce``) says why a stage has no result (skipped /
-failed) and how long each took.
+tolerantly on everything else (``analysis.metrics_schema``; the runs are read by
+``analysis.runs``). An optional ``stage_status.json`` in a run dir (written by
+``analysis.reproduce``) says why a stage has no result (skipped / failed) and how long
+each took.
 
 Outputs in ``--out``: ``tables.md`` (results with the pretraining cost beside each
 row, the methods side by side, the position probe per drop ratio, the papers'
@@ -22,211 +23,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from .cli import run_command
+from .metrics_schema import MetricsError
 from .paper_numbers import GAINS_OVER_MAE, METHOD_NAMES, METHOD_ORDER, PAPER_ROWS, headline
+from .runs import SIZE_NAMES, RunResults, collect_runs
+from .stages import STAGES
 
-METRIC_FILES = {
-    "pretrain_metrics.json": ("pretrain",),
-    "classification_metrics.json": ("finetune", "linear_probe"),
-    "detection_metrics.json": ("coco_detection",),
-    "segmentation_metrics.json": ("ade20k_segmentation",),
-    "position_probe_metrics.json": ("position_probe",),
-}
-STATUS_FILE = "stage_status.json"
-STAGES = ("pretrain", "finetune", "linear_probe", "detection", "segmentation", "position_probe")
-SIZE_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 PROBE_RATIO = 0.75  # the drop ratio quoted in the main tables
-
-
-class MetricsError(ValueError):
-    """A metrics file that cannot be used; the message names the file and the problem."""
-
-
-# --------------------------------------------------------------------------- reading
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _require(data: dict, key: str, path: Path, check: Callable[[Any], bool], what: str, nullable: bool = False) -> Any:
-    if key not in data:
-        raise MetricsError(f"{path}: required key '{key}' is missing ({what})")
-    value = data[key]
-    if value is None and nullable:
-        return None
-    if not check(value):
-        raise MetricsError(f"{path}: key '{key}' must be {what}, got {value!r}")
-    return value
-
-
-def load_metrics_file(path: str | Path) -> dict:
-    """Read and check one metrics file; returns its dict (extra keys kept)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise MetricsError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise MetricsError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    if not isinstance(data, dict):
-        raise MetricsError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    allowed = METRIC_FILES.get(path.name)
-    task = _require(data, "task", path, lambda v: isinstance(v, str), "a task name string")
-    if allowed is not None and task not in allowed:
-        raise MetricsError(f"{path}: task '{task}' does not belong in {path.name} (expected {' or '.join(allowed)})")
-    if task == "pretrain":
-        _require(data, "method", path, lambda v: isinstance(v, str) and v, "the method name (droppos, mae, adpe)")
-        _require(data, "epochs", path, lambda v: _is_num(v) and v >= 0, "a number of epochs")
-        cost = _require(data, "cost", path, lambda v: isinstance(v, dict), "an object with gpu_hours and cpu_minutes")
-        for key in ("gpu_hours", "cpu_minutes"):
-            if key not in cost:
-                raise MetricsError(f"{path}: required key 'cost.{key}' is missing")
-            if not _is_num(cost[key]) or cost[key] < 0:
-                raise MetricsError(f"{path}: key 'cost.{key}' must be a non-negative number, got {cost[key]!r}")
-        final = data.get("final", {})
-        if not isinstance(final, dict):
-            raise MetricsError(f"{path}: key 'final' must be an object of final metrics, got {final!r}")
-        for key in ("loss", "pos_acc"):
-            if key in final and final[key] is not None and not _is_num(final[key]):
-                raise MetricsError(f"{path}: key 'final.{key}' must be a number, got {final[key]!r}")
-    elif task in ("finetune", "linear_probe"):
-        _require(data, "top1", path, lambda v: _is_num(v) and 0 <= v <= 100, "a top-1 accuracy in percent (0-100)")
-    elif task == "coco_detection":
-        for key in ("bbox_AP", "segm_AP"):
-            _require(data, key, path, _is_num, "an AP in percent or null", nullable=True)
-    elif task == "ade20k_segmentation":
-        _require(data, "mIoU", path, _is_num, "a mIoU in percent or null", nullable=True)
-    elif task == "position_probe":
-        results = _require(
-            data, "results", path, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of results"
-        )
-        for i, r in enumerate(results):
-            if not isinstance(r, dict):
-                raise MetricsError(f"{path}: results[{i}] must be an object, got {r!r}")
-            for key in ("drop_ratio", "top1", "within1", "chance"):
-                if key not in r:
-                    raise MetricsError(f"{path}: required key 'results[{i}].{key}' is missing")
-                if not _is_num(r[key]) or not 0 <= r[key] <= 1:
-                    raise MetricsError(f"{path}: key 'results[{i}].{key}' must be a fraction in [0, 1], got {r[key]!r}")
-    elif allowed is None:
-        raise MetricsError(f"{path}: unknown metrics file name (expected one of {', '.join(METRIC_FILES)})")
-    return data
-
-
-# --------------------------------------------------------------------------- runs
-@dataclass
-class RunResults:
-    """Everything found for one pretraining run."""
-
-    name: str
-    path: Path
-    method: str
-    size: str | None = None
-    arch: str | None = None
-    epochs: float | None = None
-    cost: dict[str, float] = field(default_factory=dict)
-    final: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, dict] = field(default_factory=dict)  # stage -> metrics dict
-    files: dict[str, Path] = field(default_factory=dict)
-    status: dict[str, dict] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return METHOD_NAMES.get(self.method, self.method)
-
-
-def _stage_of(data: dict) -> str:
-    return {
-        "pretrain": "pretrain",
-        "finetune": "finetune",
-        "linear_probe": "linear_probe",
-        "coco_detection": "detection",
-        "ade20k_segmentation": "segmentation",
-        "position_probe": "position_probe",
-    }[data["task"]]
-
-
-def _size_from_arch(arch: str | None) -> str | None:
-    if not arch:
-        return None
-    for size in SIZE_NAMES:
-        if f"_{size}_" in f"_{arch}_" or f"vit_{size}" in arch:
-            return size
-    return None
-
-
-def collect_run(run_dir: str | Path) -> RunResults:
-    """Read every metrics file under one run dir (strictly), newest per stage."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise MetricsError(f"run dir not found: {run_dir}")
-    found: dict[str, list[tuple[float, Path, dict]]] = {}
-    for name in METRIC_FILES:
-        for path in sorted(run_dir.rglob(name)):
-            data = load_metrics_file(path)
-            found.setdefault(_stage_of(data), []).append((path.stat().st_mtime, path, data))
-    warnings = []
-    metrics, files = {}, {}
-    for stage, items in found.items():
-        items.sort(key=lambda t: t[0])
-        if len(items) > 1:
-            if stage == "pretrain":
-                raise MetricsError(
-                    f"{run_dir}: several pretraining runs ({', '.join(str(p) for _, p, _ in items)}); "
-                    "pass one folder per pretraining run"
-                )
-            warnings.append(f"{stage}: {len(items)} metrics files, the newest is used ({items[-1][1]})")
-        _, files[stage], metrics[stage] = items[-1]
-    pre = metrics.get("pretrain", {})
-    method = pre.get("method") or next(
-        (m.get("method") for m in metrics.values() if isinstance(m.get("method"), str)), None
-    )
-    if method is None:
-        lowered = run_dir.name.lower()
-        method = next((m for m in METHOD_ORDER if m in lowered), None)
-    if method is None:
-        raise MetricsError(
-            f"{run_dir}: cannot tell the method (no pretrain_metrics.json, no 'method' key, "
-            "and the folder name names none of droppos, mae, adpe)"
-        )
-    arch = pre.get("arch") or next((m.get("arch") for m in metrics.values() if isinstance(m.get("arch"), str)), None)
-    status = {}
-    status_path = run_dir / STATUS_FILE
-    if status_path.is_file():
-        try:
-            status = json.loads(status_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise MetricsError(f"{status_path}: not valid JSON ({exc})") from None
-    return RunResults(
-        name=run_dir.name,
-        path=run_dir,
-        method=method,
-        size=_size_from_arch(arch),
-        arch=arch,
-        epochs=pre.get("epochs"),
-        cost=pre.get("cost", {}),
-        final=pre.get("final", {}) or {},
-        metrics=metrics,
-        files=files,
-        status=status,
-        warnings=warnings,
-    )
-
-
-def collect_runs(run_dirs: list[str | Path]) -> list[RunResults]:
-    runs = [collect_run(d) for d in run_dirs]
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(runs, key=lambda r: (order.get(r.method, 99), r.name))
 
 
 # --------------------------------------------------------------------------- values
 def fmt(value: Any, digits: int = 1) -> str:
+    """A table cell: ``digits`` decimals, '—' for a missing value, text as it is."""
     if value is None:
         return "—"
     if isinstance(value, str):
@@ -235,6 +47,7 @@ def fmt(value: Any, digits: int = 1) -> str:
 
 
 def cost_text(cost: dict[str, float]) -> str:
+    """Pretraining cost: GPU hours when on GPUs, else CPU wall minutes."""
     if not cost:
         return "—"
     if cost.get("gpu_hours", 0) > 0:
@@ -309,6 +122,13 @@ RESULT_COLUMNS = [
 ]
 
 
+def _transfer_cell(value: float | None, key: str, gains: dict[str, float]) -> str:
+    """A paper's transfer number, or the gain over MAE it states instead."""
+    if value is not None:
+        return fmt(value)
+    return f"MAE +{gains[key]:g}" if key in gains else "—"
+
+
 def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[list[str], list[list[str]]]:
     """One row per run (cost beside it), then the papers' rows."""
     rows = []
@@ -321,9 +141,6 @@ def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[l
     if include_paper:
         for p in PAPER_ROWS:
             gains = GAINS_OVER_MAE.get(p.method, {}) if p.variant.endswith("(transfer)") else {}
-            cell = lambda key, val: (
-                fmt(val) if val is not None else (f"MAE +{gains[key]:g}" if key in gains else "—")
-            )  # noqa: E731
             rows.append(
                 [
                     f"paper: {p.source}",
@@ -334,9 +151,9 @@ def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[l
                     "—",
                     fmt(p.finetune_top1),
                     "—",
-                    cell("coco_box_ap", p.coco_box_ap),
-                    cell("coco_mask_ap", p.coco_mask_ap),
-                    cell("ade_miou", p.ade_miou),
+                    _transfer_cell(p.coco_box_ap, "coco_box_ap", gains),
+                    _transfer_cell(p.coco_mask_ap, "coco_mask_ap", gains),
+                    _transfer_cell(p.ade_miou, "ade_miou", gains),
                     "—",
                     "—",
                 ]
@@ -418,6 +235,7 @@ def stages_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
 
 
 def paper_table() -> tuple[list[str], list[list[str]]]:
+    """Every result the papers report (``analysis.paper_numbers``), one row each."""
     header = [
         "method",
         "variant",
@@ -450,6 +268,7 @@ def paper_table() -> tuple[list[str], list[list[str]]]:
 
 # --------------------------------------------------------------------------- output
 def to_markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table ('|' in cells escaped)."""
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
@@ -457,6 +276,7 @@ def to_markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def write_csv(header: list[str], rows: list[list[str]], path: Path) -> Path:
+    """The table as a CSV file (header row first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -496,7 +316,8 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
     notes = [w for r in runs for w in r.warnings]
     legend = (
         "FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "
-        "PT cost = pretraining wall time (GPU hours: wall x GPUs; min (CPU): wall minutes on a CPU run); n/s = not stated; "
+        "PT cost = pretraining wall time (GPU hours: wall x GPUs; min (CPU): wall minutes on a CPU run); "
+        "n/s = not stated; "
         "'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table."
     )
     md = "\n\n".join(parts) + "\n\n" + legend + "\n"
@@ -508,18 +329,17 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Build the tables of the given run folders; 1 with the file and the problem if one is malformed."""
     p = argparse.ArgumentParser("comparison tables from metrics JSON files")
     p.add_argument("run_dirs", nargs="+", help="one folder per pretraining run (its evaluations below it)")
     p.add_argument("--out", default="report", help="output folder for tables.md and the CSV files")
     args = p.parse_args(argv)
-    try:
+
+    def tables() -> str:
         md, _ = build_tables(args.run_dirs, args.out)
-    except MetricsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(md)
-    print(f"[tables] wrote {Path(args.out) / 'tables.md'} and CSV files")
-    return 0
+        return md + f"\n[tables] wrote {Path(args.out) / 'tables.md'} and CSV files"
+
+    return run_command(tables, errors=(MetricsError,))
 
 
 if __name__ == "__main__":

@@ -17,20 +17,18 @@ best.pth and classification_metrics.json.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pretrain.engine import distributed as du
-from pretrain.engine.run_checkpoints import CheckpointManager
-from pretrain.engine.config import ConfigError, load_config, save_config
-from pretrain.engine.guard import NonFiniteLossError
-from pretrain.engine.logger import RunLogger
+from pretrain.engine.cli import run_cli
+from pretrain.engine.config import ConfigError, load_config
+from pretrain.engine.hooks import Hook
 from pretrain.engine.optim import build_adamw
+from pretrain.engine.run import TrainingRun, start_run, total_batch_and_lr
 from pretrain.engine.trainer import resolve_precision
 from pretrain.models.method import MethodOutput
 
@@ -46,20 +44,9 @@ from .data import (
 )
 from .evaluate import evaluate
 from .layer_decay import layer_decay_param_groups
-from .loop import EvalTrainer, seed_everything
+from .loop import EvaluationHook
 from .model import build_classifier
-from .runs import (
-    arch_name,
-    cli,
-    finish_metrics,
-    loop_config,
-    read_checkpoint,
-    report_load,
-    resume_trainer,
-    stopped_message,
-    use_rel_pos,
-    validate_common,
-)
+from .runs import arch_name, read_checkpoint, report_load, train_and_finish, use_rel_pos, validate_common
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 FINETUNE_DEFAULT = CONFIG_DIR / "finetune_default.yaml"
@@ -133,19 +120,20 @@ def make_step_fn(device: torch.device, mixup_fn, criterion, finish):
 
 
 # --------------------------------------------------------------------- run
+class EMAHook(Hook):
+    """Update timm's ModelEmaV3 after every optimizer step."""
+
+    def __init__(self, ema, model: nn.Module) -> None:
+        self.ema, self.model = ema, model
+
+    def after_step(self, trainer) -> None:
+        self.ema.update(self.model, step=trainer.state.global_step)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Fine-tune with a resolved config; returns the metrics (also written to classification_metrics.json)."""
-    rank, world, local_rank = du.init_distributed()
-    device = du.default_device(local_rank)
-    seed_everything(int(cfg.train.seed) + rank)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    out_dir = Path(cfg.train.output_dir)
-    if du.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
-
+    env = start_run(cfg)
+    device, world = env.device, env.world
     ensure_builtin(cfg)
     train_transform = build_train_transform(cfg, normalize=False)  # uint8 from the workers when it can
     finish = batch_finish(train_transform, device)
@@ -156,6 +144,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     loader, sampler = train_loader(train_set, int(cfg.train.batch_size), int(cfg.train.seed), workers, device)
     val_loader = eval_loader(val_set, int(cfg.train.eval_batch_size), workers, device)
 
+    run_dir = TrainingRun(cfg, env, "finetune")
+    run_dir.prepare_output()
     pretrained = read_checkpoint(cfg)
     model = build_classifier(
         cfg.model.size,
@@ -168,14 +158,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         rel_pos=use_rel_pos(cfg, pretrained),
         head_init_std=float(cfg.model.head_init_std),
     )
-    report = report_load(model, pretrained, out_dir, "finetune")
+    report = report_load(model, pretrained, run_dir.out_dir, "finetune")
     model.to(device)
 
-    total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
-    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
+    total_batch, lr = total_batch_and_lr(cfg, world)
     groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
-    fused = bool(cfg.optim.fused)  # fused kernel on CUDA and CPU (torch >= 2.4)
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused)
+    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused))
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     mixup_fn, criterion = build_loss(cfg, num_classes)
@@ -184,19 +172,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=float(cfg.ema.decay), use_warmup=bool(cfg.ema.warmup))
-    if du.is_main_process():
-        print(f"[finetune] {arch_name(cfg)} classes={num_classes} train={len(train_set)} val={len(val_set)} "
-              f"world={world} "
-              f"total_batch={total_batch} lr={lr:.3g} layer_decay={cfg.optim.layer_decay} precision={precision} "
-              f"device={device} checkpoint={cfg.checkpoint}", flush=True)
-
-    manager = CheckpointManager(out_dir, keep=int(cfg.train.keep_checkpoints))
-    ddp_model = model
-    if world > 1:
-        ids = [local_rank] if device.type == "cuda" else None
-        ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    run_model = torch.compile(ddp_model) if cfg.train.compile else ddp_model
-    logger = RunLogger(out_dir, enabled=du.is_main_process(), tensorboard=bool(cfg.train.tensorboard))
+    run_dir.print(f"{arch_name(cfg)} classes={num_classes} train={len(train_set)} val={len(val_set)} world={world} "
+                  f"total_batch={total_batch} lr={lr:.3g} layer_decay={cfg.optim.layer_decay} precision={precision} "
+                  f"device={device} checkpoint={cfg.checkpoint}")
 
     def evaluate_all() -> dict[str, float]:
         stats = evaluate(model, val_loader, device, precision)
@@ -205,54 +183,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             stats.update({f"ema_{k}": v for k, v in ema_stats.items() if k != "count"})
         return stats
 
-    def extra_state() -> dict[str, Any]:
-        extra = {"config": OmegaConf.to_container(cfg, resolve=True), "task": "finetune"}
-        if ema is not None:
-            extra["model_ema"] = ema.module.state_dict()
-        return extra
-
-    def after_step() -> None:
-        if ema is not None:
-            ema.update(model, step=trainer.state.global_step)
-
-    trainer = EvalTrainer(
-        run_model, optimizer, loader, sampler, make_step_fn(device, mixup_fn, criterion, finish), loop_config(cfg, lr), device,
-        precision, manager, logger, extra_state=extra_state, scaler=scaler, after_step=after_step,
-        evaluate=evaluate_all, eval_every=int(cfg.train.eval_every), best_path=out_dir / "best.pth",
-    )
-
     def load_ema(ckpt: dict[str, Any]) -> None:
         if ema is not None and "model_ema" in ckpt:
             ema.module.load_state_dict(ckpt["model_ema"])
 
-    resumed_from = resume_trainer(cfg, trainer, manager, "finetune", on_load=load_ema)
-    t0 = time.time()
-    try:
-        trainer.fit()
-        metrics = finish_metrics(cfg, "finetune", trainer, out_dir, {
-            "pretrain_method": pretrained.method if pretrained is not None else None,
-            "num_classes": num_classes,
-            "global_pool": cfg.model.global_pool,
+    return train_and_finish(
+        cfg, env, run_dir, model=model, optimizer=optimizer, loader=loader, sampler=sampler,
+        step_fn=make_step_fn(device, mixup_fn, criterion, finish), lr=lr, precision=precision, scaler=scaler,
+        evaluation=EvaluationHook(evaluate_all, int(cfg.train.eval_every), run_dir.out_dir / "best.pth"),
+        hooks=[EMAHook(ema, model)] if ema is not None else [],
+        extra_state=(lambda: {"model_ema": ema.module.state_dict()}) if ema is not None else None,
+        on_load=load_ema,
+        pretrained=pretrained, report=report, num_classes=num_classes, total_batch=total_batch,
+        metrics={
             "layer_decay": float(cfg.optim.layer_decay),
-            "lr": lr,
-            "total_batch": total_batch,
-            "wall_seconds_this_run": time.time() - t0,
-            "device": str(device),
-            "world_size": world,
-            "resumed_from": str(resumed_from) if resumed_from else None,
-            "load_report": str(out_dir / "load_report.json") if report is not None else None,
-            "best_checkpoint": str(out_dir / "best.pth"),
-        })
-    except NonFiniteLossError as exc:
-        raise NonFiniteLossError(stopped_message(exc, manager)) from None
-    finally:
-        logger.close()
-    du.barrier()
-    return metrics
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(argv, load_finetune_config, run, "Fine-tune a pretrained ViT (DropPos / MAE recipe)")
+    return run_cli(argv, "Fine-tune a pretrained ViT (DropPos / MAE recipe)", load_finetune_config, run)
 
 
 if __name__ == "__main__":

@@ -29,34 +29,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Dataset, TensorDataset
 
 from pretrain.data.transforms import build_pretrain_transform
 from pretrain.engine import distributed as du
-from pretrain.engine.run_checkpoints import CheckpointManager
-from pretrain.engine.config import ConfigError, load_config, save_config
-from pretrain.engine.guard import NonFiniteLossError
-from pretrain.engine.logger import RunLogger
+from pretrain.engine.cli import run_cli
+from pretrain.engine.config import ConfigError, load_config
+from pretrain.engine.run import TrainingRun, start_run, total_batch_and_lr
 from pretrain.engine.trainer import autocast_context, resolve_precision
 from pretrain.models.method import MethodOutput
 
 from .data import ensure_builtin, eval_dataset, eval_loader, image_dataset, num_classes_of, train_loader
 from .evaluate import evaluate
-from .loop import EvalTrainer, seed_everything
+from .loop import EvaluationHook
 from .model import FrozenProbe, ProbeHead, build_classifier, encoder_features
-from .runs import (
-    arch_name,
-    cli,
-    finish_metrics,
-    loop_config,
-    read_checkpoint,
-    report_load,
-    resume_trainer,
-    stopped_message,
-    use_rel_pos,
-    validate_common,
-)
+from .runs import arch_name, read_checkpoint, report_load, train_and_finish, use_rel_pos, validate_common
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 PROBE_DEFAULT = CONFIG_DIR / "linear_probe_default.yaml"
@@ -150,15 +138,8 @@ def make_step_fn(device: torch.device, encoder: nn.Module | None):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Linear-probe with a resolved config; returns the metrics (also written to classification_metrics.json)."""
-    rank, world, local_rank = du.init_distributed()
-    device = du.default_device(local_rank)
-    seed_everything(int(cfg.train.seed) + rank)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    out_dir = Path(cfg.train.output_dir)
-    if du.is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out_dir / "config.yaml")
+    env = start_run(cfg)
+    device, world = env.device, env.world
     precision = resolve_precision(cfg.train.precision, device)
     workers = int(cfg.data.num_workers)
     cached = bool(cfg.probe.cache_features)
@@ -172,6 +153,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     val_images = eval_dataset(cfg)
     num_classes = num_classes_of(train_images, cfg.model.num_classes)
 
+    run_dir = TrainingRun(cfg, env, "linear_probe")
+    run_dir.prepare_output()
     pretrained = read_checkpoint(cfg)
     encoder = build_classifier(
         cfg.model.size,
@@ -182,7 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         drop_path=0.0,
         rel_pos=use_rel_pos(cfg, pretrained),
     )
-    report = report_load(encoder, pretrained, out_dir, "linear_probe")  # asserts: only head (+ fc_norm) are new
+    report = report_load(encoder, pretrained, run_dir.out_dir, "linear_probe")  # asserts: only head (+ fc_norm) are new
     encoder.head = nn.Identity()  # features only; the probe head lives apart
     encoder.requires_grad_(False).eval().to(device)
     head = ProbeHead(encoder.num_features, num_classes, init_std=float(cfg.model.head_init_std)).to(device)
@@ -208,60 +191,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         eval_model = FrozenProbe(encoder, head)
         step_encoder = encoder
 
-    total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
-    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
+    total_batch, lr = total_batch_and_lr(cfg, world)
     optimizer = build_probe_optimizer(head, cfg, lr)
-    if du.is_main_process():
-        print(f"[linear_probe] {arch_name(cfg)} pool={cfg.model.global_pool} classes={num_classes} "
-              f"train={len(train_images)} "
-              f"val={len(val_images)} cached={cached} world={world} total_batch={total_batch} lr={lr:.3g} "
-              f"optim={cfg.optim.name} precision={precision} device={device} checkpoint={cfg.checkpoint}", flush=True)
-
-    manager = CheckpointManager(out_dir, keep=int(cfg.train.keep_checkpoints))
-    run_head = head
-    if world > 1:
-        ids = [local_rank] if device.type == "cuda" else None
-        run_head = torch.nn.parallel.DistributedDataParallel(head, device_ids=ids)
-    logger = RunLogger(out_dir, enabled=du.is_main_process(), tensorboard=bool(cfg.train.tensorboard))
-    trainer = EvalTrainer(
-        run_head, optimizer, loader, sampler, make_step_fn(device, step_encoder), loop_config(cfg, lr), device,
-        precision, manager, logger,
-        extra_state=lambda: {"config": OmegaConf.to_container(cfg, resolve=True), "task": "linear_probe"},
-        evaluate=lambda: evaluate(eval_model, val_loader, device, precision),
-        eval_every=int(cfg.train.eval_every),
-        best_path=out_dir / "best.pth",
-        best_state=lambda: {"head": head.state_dict()},
-    )
-    resumed_from = resume_trainer(cfg, trainer, manager, "linear_probe")
-    t0 = time.time()
-    try:
-        trainer.fit()
-        metrics = finish_metrics(cfg, "linear_probe", trainer, out_dir, {
-            "pretrain_method": pretrained.method if pretrained is not None else None,
-            "num_classes": num_classes,
-            "global_pool": cfg.model.global_pool,
+    run_dir.print(f"{arch_name(cfg)} pool={cfg.model.global_pool} classes={num_classes} train={len(train_images)} "
+                  f"val={len(val_images)} cached={cached} world={world} total_batch={total_batch} lr={lr:.3g} "
+                  f"optim={cfg.optim.name} precision={precision} device={device} checkpoint={cfg.checkpoint}")
+    evaluation = EvaluationHook(lambda: evaluate(eval_model, val_loader, device, precision), int(cfg.train.eval_every),
+                                run_dir.out_dir / "best.pth", best_state=lambda trainer: {"head": head.state_dict()})
+    return train_and_finish(
+        cfg, env, run_dir, model=head, optimizer=optimizer, loader=loader, sampler=sampler,
+        step_fn=make_step_fn(device, step_encoder), lr=lr, precision=precision, evaluation=evaluation,
+        pretrained=pretrained, report=report, num_classes=num_classes, total_batch=total_batch,
+        metrics={
             "cache_features": cached,
             "optimizer": cfg.optim.name,
-            "lr": lr,
-            "total_batch": total_batch,
             "feature_seconds": t_feat,
-            "wall_seconds_this_run": time.time() - t0,
-            "device": str(device),
-            "world_size": world,
-            "resumed_from": str(resumed_from) if resumed_from else None,
-            "load_report": str(out_dir / "load_report.json") if report is not None else None,
-            "best_checkpoint": str(out_dir / "best.pth"),
-        })
-    except NonFiniteLossError as exc:
-        raise NonFiniteLossError(stopped_message(exc, manager)) from None
-    finally:
-        logger.close()
-    du.barrier()
-    return metrics
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli(argv, load_probe_config, run, "Linear-probe a frozen pretrained ViT (MAE protocol)")
+    return run_cli(argv, "Linear-probe a frozen pretrained ViT (MAE protocol)", load_probe_config, run)
 
 
 if __name__ == "__main__":

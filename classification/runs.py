@@ -1,29 +1,29 @@
-"""What the fine-tuning and linear-probing entry points share: checks, checkpoint loading, resume, metrics, CLI.
+"""What the fine-tuning and linear-probing entry points share: checks, checkpoint loading, training, metrics.
 
-Both protocols run the same way: read the pretrained encoder (any format), build the
-classifier (relative-position attention if the checkpoint has AdPE tables), load and
-report, train with the engine's Trainer plus per-epoch evaluation, resume from the
-run directory, and write ``classification_metrics.json``.
+Both protocols run on the engine's run skeleton (``pretrain.engine.run``): read the
+pretrained encoder (any format), build the classifier (relative-position attention if
+the checkpoint has AdPE tables), load and report, train with the engine's Trainer plus
+an evaluation hook, resume from the run directory exactly as pretraining does, and
+write ``classification_metrics.json``.
 """
 from __future__ import annotations
 
-import argparse
-import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
+import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.weights import CheckpointError
 from pretrain.engine import distributed as du
-from pretrain.engine.run_checkpoints import CheckpointManager, load_resume_file
 from pretrain.engine.config import ConfigError
-from pretrain.engine.guard import NonFiniteLossError
-from pretrain.engine.trainer import LoopConfig
+from pretrain.engine.hooks import Hook
+from pretrain.engine.run import RunEnv, TrainingRun, loop_config
+from pretrain.engine.trainer import Trainer
 
 from .load import LoadReport, PretrainedEncoder, load_pretrained, read_pretrained
-from .loop import EvalTrainer, final_scores, write_metrics
+from .loop import EvaluationHook, final_scores
 from .model import needs_rel_pos
 
 
@@ -72,65 +72,71 @@ def arch_name(cfg: DictConfig) -> str:
     return f"vit_{cfg.model.size}_patch{cfg.model.patch_size}_{cfg.model.img_size}"
 
 
-def resume_trainer(
+def train_and_finish(
     cfg: DictConfig,
-    trainer: EvalTrainer,
-    manager: CheckpointManager,
-    tag: str,
-    on_load=None,
-) -> Path | None:
-    """Resume from train.resume (auto = newest good checkpoint of the run dir)."""
-    if cfg.train.resume in (None, "none", ""):
-        return None
-    if cfg.train.resume == "auto":
-        ckpt, path = manager.load_latest()
-    else:
-        ckpt, path = load_resume_file(cfg.train.resume), Path(cfg.train.resume)
-    if ckpt is None:
-        return None
-    trainer.load_state_dict(ckpt)
-    if on_load is not None:
-        on_load(ckpt)
-    if du.is_main_process():
-        print(f"[{tag}] resumed from {path} at epoch {trainer.state.epoch} (iteration {trainer.state.iter_in_epoch}, "
-              f"step {trainer.state.global_step})", flush=True)
-    return path
-
-
-def loop_config(cfg: DictConfig, lr: float) -> LoopConfig:
-    return LoopConfig(
-        epochs=int(cfg.train.epochs),
-        lr=lr,
-        min_lr=float(cfg.optim.min_lr),
-        warmup_epochs=float(cfg.optim.warmup_epochs),
-        accum_iter=int(cfg.train.accum_iter),
-        clip_grad=OmegaConf.select(cfg, "optim.clip_grad"),
-        clip_mode=OmegaConf.select(cfg, "optim.clip_mode", default="global"),
-        log_every=int(cfg.train.log_every),
-        save_every_steps=int(cfg.train.save_every_steps),
-        max_steps=int(cfg.train.max_steps),
-        progress=bool(cfg.train.progress),
+    env: RunEnv,
+    run_dir: TrainingRun,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Any,
+    sampler: Any,
+    step_fn: Callable,
+    lr: float,
+    precision: str,
+    evaluation: EvaluationHook,
+    hooks: Sequence[Hook] = (),
+    scaler: torch.amp.GradScaler | None = None,
+    extra_state: Callable[[], dict[str, Any]] | None = None,
+    on_load: Callable[[dict[str, Any]], None] | None = None,
+    pretrained: PretrainedEncoder | None = None,
+    report: LoadReport | None = None,
+    num_classes: int,
+    total_batch: int,
+    metrics: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The part every classification protocol shares: Trainer (+ evaluation hook), resume,
+    fit, a last evaluation if the run stopped early, ``classification_metrics.json``."""
+    base_state = run_dir.extra_state(task=cfg.task)
+    trainer = Trainer(
+        run_dir.wrap(model), optimizer, loader, sampler, step_fn, loop_config(cfg, lr), env.device, precision,
+        run_dir.manager, run_dir.logger, scaler=scaler, hooks=[*hooks, evaluation],
+        extra_state=(lambda: {**base_state(), **extra_state()}) if extra_state is not None else base_state,
     )
-
-
-def stopped_message(exc: Exception, manager: CheckpointManager) -> str:
-    """A non-finite loss stopped the run: say which checkpoint is the last good one."""
-    last = manager.list()
-    return f"{exc}; stopped without saving: the last good checkpoint is {last[0] if last else '(none yet)'}"
+    resumed_from = run_dir.resume(trainer, on_load=on_load)
+    t0 = time.time()
+    run_dir.fit(trainer)
+    out = finish_metrics(cfg, cfg.task, trainer, evaluation, run_dir, {
+        "pretrain_method": pretrained.method if pretrained is not None else None,
+        "num_classes": num_classes,
+        "global_pool": cfg.model.global_pool,
+        **(metrics or {}),
+        "total_batch": total_batch,
+        "load_report": str(run_dir.out_dir / "load_report.json") if report is not None else None,
+        "lr": lr,
+        "wall_seconds_this_run": time.time() - t0,
+        "device": str(env.device),
+        "world_size": env.world,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "best_checkpoint": str(run_dir.out_dir / "best.pth"),
+    })
+    du.barrier()
+    return out
 
 
 def finish_metrics(
     cfg: DictConfig,
     task: str,
-    trainer: EvalTrainer,
-    out_dir: Path,
+    trainer: Trainer,
+    evaluation: EvaluationHook,
+    run_dir: TrainingRun,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     """Evaluate once more if the run stopped before any evaluation; write classification_metrics.json."""
     history = trainer.state.history
     last, best = final_scores(history)
     if last is None or trainer.state.epoch < int(cfg.train.epochs):  # stopped early (max_steps)
-        last = trainer.evaluate_now()
+        last = evaluation.evaluate_now(trainer)
         best = last["top1"] if best is None else max(best, last["top1"])
     metrics = {
         "task": task,
@@ -145,40 +151,6 @@ def finish_metrics(
         "history": history,
         **extra,
     }
-    write_metrics(out_dir, metrics)
-    if du.is_main_process():
-        print(f"[{task}] done: top1={metrics['top1']:.2f} top5={metrics['top5']:.2f} best_top1={best:.2f} "
-              f"-> {out_dir / 'classification_metrics.json'}", flush=True)
+    path = run_dir.write_metrics("classification_metrics.json", metrics)
+    run_dir.print(f"done: top1={metrics['top1']:.2f} top5={metrics['top5']:.2f} best_top1={best:.2f} -> {path}")
     return metrics
-
-
-# --------------------------------------------------------------------- CLI
-def get_args_parser(description: str = "Fine-tune a pretrained ViT (DropPos / MAE recipe)") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description, add_help=True)
-    p.add_argument("--config", action="append", default=[], help="recipe YAML (repeatable; later wins)")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("opts", nargs="*", help="overrides as key=value (e.g. checkpoint=path train.epochs=10)")
-    return p
-
-
-def cli(argv: list[str] | None, load, run_fn, description: str) -> int:
-    """Shared command-line driver of finetune and linear_probe."""
-    args = get_args_parser(description).parse_args(argv)
-    try:
-        cfg = load(args.config or None, args.opts)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(OmegaConf.to_yaml(cfg))
-        return 0
-    try:
-        run_fn(cfg)
-    except (CheckpointError, NonFiniteLossError, FileNotFoundError, NotImplementedError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        du.cleanup()
-    return 0
-
-

@@ -21,6 +21,11 @@ from typing import Any
 
 import torch.nn as nn
 
+from pretrain.models.vit import vit_layer_id
+
+# Where the ViT sits in the detector (``SimpleFeaturePyramid.net``).
+BACKBONE_PREFIX = "backbone.net."
+
 NORM_TYPES: tuple[type[nn.Module], ...] = (
     nn.BatchNorm1d,
     nn.BatchNorm2d,
@@ -35,19 +40,13 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-def vitdet_layer_id(name: str, num_layers: int) -> int:
-    """ViTDet's layer index of a model parameter name (``backbone.net.blocks.3.x`` -> 4)."""
-    if name.startswith("backbone"):
-        if ".pos_embed" in name or ".patch_embed" in name:
-            return 0
-        if ".blocks." in name and ".residual." not in name:
-            return int(name[name.find(".blocks.") :].split(".")[2]) + 1
-    return num_layers + 1
-
-
 def vitdet_lr_factor(name: str, lr_decay_rate: float = 1.0, num_layers: int = 12) -> float:
-    """Learning-rate multiplier of a parameter: decay ** (num_layers + 1 - layer_id)."""
-    return lr_decay_rate ** (num_layers + 1 - vitdet_layer_id(name, num_layers))
+    """Learning-rate multiplier of a detector parameter: decay ** (num_layers + 1 - layer_id).
+
+    The layer id is the ViT's (``pretrain.models.vit.vit_layer_id``) for the encoder under
+    ``backbone.net.`` (``backbone.net.blocks.3.x`` -> 4); the rest of the detector is num_layers + 1.
+    """
+    return lr_decay_rate ** (num_layers + 1 - vit_layer_id(name, num_layers, prefix=BACKBONE_PREFIX))
 
 
 def vitdet_param_groups(

@@ -15,7 +15,6 @@ GPU the run falls back to the CPU.
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import math
 import os
@@ -40,6 +39,7 @@ from omegaconf import OmegaConf
 
 from detection.checkpointer import ViTDetCheckpointer
 from detection.compat import apply_detectron2_shims, has_compiled_ops
+from pretrain.atomic import atomic_write_json
 
 logger = logging.getLogger("detectron2")
 
@@ -203,10 +203,9 @@ def metrics_record(
 
 
 def write_metrics(record: dict[str, Any], output_dir: str) -> str:
+    """Write ``detection_metrics.json`` atomically (a reader never sees half a file); returns its path."""
     path = os.path.join(output_dir, METRICS_FILE)
-    os.makedirs(output_dir, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
+    atomic_write_json(path, record)
     logger.info(f"Wrote {path}: bbox AP {record['bbox_AP']}, segm AP {record['segm_AP']}")
     return path
 

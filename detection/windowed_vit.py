@@ -21,13 +21,14 @@ timm-named encoder state dict loads by name (``patch_embed.proj``, ``pos_embed``
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.attention import Attention
 from timm.models.vision_transformer import Block
+from timm.models.vision_transformer_sam import get_decomposed_rel_pos_bias, window_partition, window_unpartition
 from torch.utils.checkpoint import checkpoint
 
 from pretrain.models.vit import VIT_SIZES, VisionTransformer
@@ -40,80 +41,17 @@ GLOBAL_BLOCKS: dict[int, tuple[int, ...]] = {
 }
 
 
-# ---------------------------------------------------------------- windows
-def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """[B, H, W, C] -> windows [B * nW, window, window, C] (zero-padded), padded (Hp, Wp)."""
-    b, h, w, c = x.shape
-    pad_h, pad_w = (window - h % window) % window, (window - w % window) % window
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = h + pad_h, w + pad_w
-    x = x.view(b, hp // window, window, wp // window, window, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window: int, padded_hw: tuple[int, int], hw: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of ``window_partition``: [B * nW, window, window, C] -> [B, H, W, C]."""
-    hp, wp = padded_hw
-    h, w = hw
-    b = windows.shape[0] // ((hp // window) * (wp // window))
-    x = windows.view(b, hp // window, wp // window, window, window, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    return x[:, :h, :w, :].contiguous()
-
-
-# ------------------------------------------------------ relative position
-def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
-    """Gather the relative-position rows for every (query, key) index pair along one axis.
-
-    rel_pos: [L, C] table; linearly resized to ``2 * max(q_size, k_size) - 1`` rows if needed.
-    Returns [q_size, k_size, C].
-    """
-    rows = 2 * max(q_size, k_size) - 1
-    if rel_pos.shape[0] != rows:
-        rel_pos = F.interpolate(rel_pos.t().unsqueeze(0), size=rows, mode="linear")  # [1, C, rows]
-        rel_pos = rel_pos.squeeze(0).t()
-    # Scale coordinates with the shorter side when query and key sizes differ.
-    q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
-    k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)
-    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
-    return rel_pos[relative.long()]
-
-
-def decomposed_rel_pos_bias(
-    q: torch.Tensor,
-    rel_pos_h: torch.Tensor,
-    rel_pos_w: torch.Tensor,
-    q_hw: tuple[int, int],
-    k_hw: tuple[int, int],
-) -> torch.Tensor:
-    """Additive attention bias of decomposed relative positions (MViTv2 / ViTDet).
-
-    bias[q=(i, j), k=(m, n)] = <q_ij, R_h[i - m]> + <q_ij, R_w[j - n]> with the unscaled query.
-    q: [B, heads, Hq * Wq, C] -> bias [B, heads, Hq * Wq, Hk * Wk].
-    """
-    (qh, qw), (kh, kw) = q_hw, k_hw
-    r_h = relative_position_table(qh, kh, rel_pos_h)  # [qh, kh, C]
-    r_w = relative_position_table(qw, kw, rel_pos_w)  # [qw, kw, C]
-    b, heads, _, c = q.shape
-    r_q = q.reshape(b, heads, qh, qw, c)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, r_h.to(q.dtype))  # [B, heads, qh, qw, kh]
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, r_w.to(q.dtype))  # [B, heads, qh, qw, kw]
-    bias = rel_h[..., :, None] + rel_w[..., None, :]  # [B, heads, qh, qw, kh, kw]
-    return bias.reshape(b, heads, qh * qw, kh * kw)
-
-
-class RelPosAttention(Attention):
+class DecomposedRelPosAttention(Attention):
     """timm ``Attention`` on a [B, H, W, C] map with optional decomposed relative positions.
 
     Keeps timm's parameter names (``qkv``, ``proj``) and adds ``rel_pos_h`` / ``rel_pos_w``
-    (``init_rel_pos``). The fused path passes the relative-position bias to
-    ``F.scaled_dot_product_attention`` as an additive mask.
+    (``init_rel_pos``). The bias, ``<q_ij, R_h[i - m]> + <q_ij, R_w[j - n]>`` with the
+    unscaled query (tables linearly resized when the map is not the size they were made
+    for), is timm's SAM / ViTDet ``get_decomposed_rel_pos_bias``; the fused path passes it
+    to ``F.scaled_dot_product_attention`` as an additive mask.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, **kwargs) -> None:
+    def __init__(self, dim: int, num_heads: int = 8, **kwargs: Any) -> None:
         super().__init__(dim, num_heads=num_heads, **kwargs)
         self.register_parameter("rel_pos_h", None)
         self.register_parameter("rel_pos_w", None)
@@ -131,8 +69,9 @@ class RelPosAttention(Attention):
         q, k, v = qkv.unbind(0)  # [B, heads, N, C]
         q, k = self.q_norm(q), self.k_norm(k)
         bias = None
-        if self.rel_pos_h is not None:
-            bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+        if self.rel_pos_h is not None:  # timm's helper wants the heads in the batch: [B * heads, N, C]
+            bias = get_decomposed_rel_pos_bias(q.flatten(0, 1), self.rel_pos_h, self.rel_pos_w, (h, w), (h, w))
+            bias = bias.view(b, self.num_heads, n, n)
         if self.fused_attn:
             x = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0
@@ -161,12 +100,12 @@ class WindowedBlock(Block):
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         window_size: int = 0,
         rel_pos_size: tuple[int, int] | None = None,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
-        kwargs["attn_layer"] = RelPosAttention
+        kwargs["attn_layer"] = DecomposedRelPosAttention
         super().__init__(*args, **kwargs)
         self.window_size = window_size
         if rel_pos_size is not None:
@@ -175,10 +114,9 @@ class WindowedBlock(Block):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
         y = self.norm1(x)
-        if self.window_size > 0:
+        if self.window_size > 0:  # timm's (zero-padded) window partition and its inverse
             y, padded = window_partition(y, self.window_size)
-            y = self.attn(y)
-            y = window_unpartition(y, self.window_size, padded, (h, w))
+            y = window_unpartition(self.attn(y), self.window_size, (h, w), padded)
         else:
             y = self.attn(y)
         x = x + self.drop_path1(self.ls1(y))
@@ -186,13 +124,13 @@ class WindowedBlock(Block):
 
 
 def _make_block(
-    *args,
+    *args: Any,
     depth: int = 0,
     window_size: int,
     window_block_indexes: Sequence[int],
     grid: tuple[int, int],
     use_rel_pos: bool,
-    **kwargs,
+    **kwargs: Any,
 ) -> WindowedBlock:
     """Block factory for timm: ``depth`` is the block index timm passes in."""
     windowed = depth in window_block_indexes
@@ -212,13 +150,14 @@ class ViTDetEncoder(VisionTransformer):
     Args:
         img_size: training input side (sizes the global blocks' relative tables: 1024 -> 64).
         pretrain_img_size: side the absolute position table was pretrained at (224 -> 197 rows).
-        patch_size, embed_dim, depth, num_heads, mlp_ratio: ViT shape.
-        drop_path_rate: stochastic depth, linearly increasing over blocks.
+        patch_size: patch side in pixels (the output stride).
         window_size: window side in tokens for the windowed blocks.
         window_block_indexes: blocks with windowed attention; the others are global.
         use_rel_pos: add decomposed relative position biases.
         use_act_checkpoint: recompute block activations in backward (saves memory).
-        **kwargs: passed on to the ViT (e.g. ``norm_layer``).
+        **kwargs: the ViT's shape and options, as ``pretrain.models.vit.VisionTransformer``
+            takes them (``embed_dim`` 768, ``depth`` 12, ``num_heads`` 12, ``mlp_ratio`` 4,
+            ``drop_path_rate`` 0 by default; ``norm_layer``, ...).
     Output: [B, embed_dim, H / patch, W / patch].
     """
 
@@ -227,16 +166,11 @@ class ViTDetEncoder(VisionTransformer):
         img_size: int = 1024,
         pretrain_img_size: int = 224,
         patch_size: int = 16,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        drop_path_rate: float = 0.0,
         window_size: int = 14,
         window_block_indexes: Sequence[int] = (0, 1, 3, 4, 6, 7, 9, 10),
         use_rel_pos: bool = True,
         use_act_checkpoint: bool = False,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         grid = (img_size // patch_size, img_size // patch_size)
         block_fn = partial(
@@ -249,11 +183,6 @@ class ViTDetEncoder(VisionTransformer):
         super().__init__(
             img_size=pretrain_img_size,
             patch_size=patch_size,
-            embed_dim=embed_dim,
-            depth=depth,
-            num_heads=num_heads,
-            mlp_ratio=mlp_ratio,
-            drop_path_rate=drop_path_rate,
             learnable_pos_embed=True,
             block_fn=block_fn,
             dynamic_img_size=True,  # any input size; patch_embed returns [B, H, W, C]
@@ -282,7 +211,7 @@ class ViTDetEncoder(VisionTransformer):
         return x.permute(0, 3, 1, 2)  # [B, C, H, W]
 
 
-def create_vitdet_encoder(size: str = "base", **kwargs) -> ViTDetEncoder:
+def create_vitdet_encoder(size: str = "base", **kwargs: Any) -> ViTDetEncoder:
     """ViTDet encoder by ViT size name, with ViTDet's global blocks for that depth."""
     args = dict(VIT_SIZES[size])
     args.update(kwargs)

@@ -27,7 +27,7 @@ from mmseg.registry import MODELS
 
 from pretrain.models.vit import VIT_SIZES, VisionTransformer
 from segmentation.pretrained import load_encoder_weights, read_encoder_state
-from segmentation.rel_pos_attention import RelPosBlock, relative_position_index
+from segmentation.rel_pos_attention import RelPosBiasBlock, relative_position_index
 
 # Outputs for UperNet: the ends of the four quarters of the network.
 DEFAULT_OUT_INDICES = {"base": (3, 5, 7, 11), "large": (7, 11, 15, 23)}
@@ -71,7 +71,7 @@ class DropPosViT(VisionTransformer):
         img_hw = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         window = (img_hw[0] // args["patch_size"], img_hw[1] // args["patch_size"])
         if use_rel_pos:
-            args["block_fn"] = functools.partial(RelPosBlock, window=window)
+            args["block_fn"] = functools.partial(RelPosBiasBlock, window=window)
         super().__init__(
             img_size=img_hw,
             drop_path_rate=drop_path_rate,

@@ -23,19 +23,11 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
+from pretrain.models.vit import vit_layer_id
+
+# Where the ViT sits in the segmentor.
+BACKBONE_PREFIX = "backbone."
 NO_DECAY_NAMES = ("pos_embed", "cls_token", "relative_position_bias_table")
-
-
-def vit_layer_id(name: str, num_layers: int, prefix: str = "backbone.") -> int:
-    """Depth of a parameter: 0 embeddings, i+1 for block i, num_layers+1 for the rest."""
-    if not name.startswith(prefix):
-        return num_layers + 1
-    name = name[len(prefix):]
-    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return num_layers + 1
 
 
 def is_no_decay(name: str, param: nn.Parameter, no_decay_names: tuple[str, ...] = NO_DECAY_NAMES) -> bool:
@@ -59,7 +51,7 @@ class ViTLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            layer_id = vit_layer_id(name, num_layers)
+            layer_id = vit_layer_id(name, num_layers, prefix=BACKBONE_PREFIX)
             no_decay = is_no_decay(name, param, no_decay_names)
             group_name = f"layer_{layer_id}_{'no_decay' if no_decay else 'decay'}"
             if group_name not in groups:

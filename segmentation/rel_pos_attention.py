@@ -58,7 +58,7 @@ def table_for_grid(table: torch.Tensor, window: tuple[int, int], grid: tuple[int
     return torch.cat([offsets.reshape(heads, -1).t(), table[-3:]], dim=0)
 
 
-class RelPosAttention(Attention):
+class RelPosBiasAttention(Attention):
     """timm multi-head self-attention plus a learned relative position bias per head.
 
     Args:
@@ -86,13 +86,8 @@ class RelPosAttention(Attention):
         length = index.shape[0]
         return table[index.reshape(-1)].reshape(length, length, -1).permute(2, 0, 1)
 
-    def forward(  # type: ignore[override]
-        self,
-        x: torch.Tensor,
-        grid: tuple[int, int],
-        index: torch.Tensor,
-    ) -> torch.Tensor:
-        """x [B, 1+HW, D] -> [B, 1+HW, D]."""
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x [B, 1+HW, D] -> [B, 1+HW, D]; ``index`` is ``relative_position_index(grid)``."""
         B, L, C = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # [B, heads, L, head_dim]
@@ -109,22 +104,18 @@ class RelPosAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class RelPosBlock(Block):
+class RelPosBiasBlock(Block):
     """timm pre-norm block whose attention takes the relative position bias.
 
     Construct it like timm's ``Block`` plus ``window`` (the training patch grid);
-    its attention is a ``RelPosAttention`` with the same weights' names.
+    its attention is a ``RelPosBiasAttention`` with the same weights' names.
     """
 
     def __init__(self, *args, window: tuple[int, int], **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.attn = RelPosAttention(self.norm1.normalized_shape[0], self.attn.num_heads, window, qkv_bias=True)
+        self.attn = RelPosBiasAttention(self.norm1.normalized_shape[0], self.attn.num_heads, window, qkv_bias=True)
 
-    def forward(  # type: ignore[override]
-        self,
-        x: torch.Tensor,
-        grid: tuple[int, int],
-        index: torch.Tensor,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid: tuple[int, int], index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x [B, 1+HW, D] -> [B, 1+HW, D]; attention gets the bias of ``grid`` (rows in ``index``)."""
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid, index)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))

@@ -1,19 +1,39 @@
-"""Config loading and Runner construction shared by ``train.py`` and ``test.py``.
+"""Command-line options, config loading and Runner construction shared by ``train.py`` and ``test.py``.
 
 What it adds to plain MMEngine: the work dir default, ``--cfg-options``, the
-launcher, a CPU fallback for AMP configs (AmpOptimWrapper needs CUDA: plain
+launcher, a check of the ADE20K folders before the Runner starts, a CPU fallback for AMP configs (AmpOptimWrapper needs CUDA: plain
 OptimWrapper is used and the log says so), and a weights-only loader for
 MMEngine's own checkpoints (resume, test) under torch>=2.6.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import os.path as osp
 from typing import Any
 
 import torch
-from mmengine.config import Config
+from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import CheckpointLoader, Runner
+
+
+def add_runner_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options both entry points take: work dir, ``--cfg-options``, data check, launcher."""
+    p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
+    p.add_argument(
+        "--check-data", choices=["quick", "full", "off"], default="quick",
+        help="validate the ADE20K folders first: the first 200 pairs per split (quick), all, or not at all")
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """``load_config`` with the options of ``add_runner_args`` (``LOCAL_RANK`` set for the launcher)."""
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
 
 
 def load_config(

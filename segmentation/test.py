@@ -11,7 +11,6 @@ Writes ``<work_dir>/segmentation_metrics.json`` (split "test").
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -19,29 +18,25 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from mmengine.config import DictAction  # noqa: E402
-
-from segmentation.runner_setup import build_runner, check_ade20k_data, checkpoint_iteration, load_config  # noqa: E402
+from segmentation.runner_setup import (  # noqa: E402
+    add_runner_args,
+    build_runner,
+    check_ade20k_data,
+    checkpoint_iteration,
+    config_from_args,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("UperNet segmentation evaluation", add_help=True)
     p.add_argument("config", help="config file the model was trained with (or its -ms variant)")
     p.add_argument("checkpoint", help="segmentation checkpoint written by segmentation/train.py")
-    p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip test with the config's tta_pipeline")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
-    p.add_argument(
-        "--check-data", choices=["quick", "full", "off"], default="quick",
-        help="validate the ADE20K folders first: the first 200 pairs per split (quick), all, or not at all")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    return p
+    return add_runner_args(p)
 
 
 def main(args: argparse.Namespace) -> dict:
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     cfg.model.backbone.pretrained = None  # all weights come from the segmentation checkpoint
     cfg.model.pretrained = None

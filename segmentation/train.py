@@ -14,7 +14,6 @@ validation ``segmentation_metrics.json`` is (re)written there.
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -22,32 +21,22 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # configs import segmentation.* and pretrain.* from the repo root
     sys.path.insert(0, ROOT)
 
-from mmengine.config import DictAction  # noqa: E402
-
-from segmentation.runner_setup import build_runner, check_ade20k_data, load_config  # noqa: E402
+from segmentation.runner_setup import add_runner_args, build_runner, check_ade20k_data, config_from_args  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("UperNet segmentation training", add_help=True)
     p.add_argument("config", help="config file (segmentation/configs/...)")
-    p.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     p.add_argument("--checkpoint", help="pretraining checkpoint for the backbone (any supported format)")
     p.add_argument(
         "--resume", nargs="?", const="auto", default=None,
         help="resume training: without a value from the latest checkpoint in the work dir, else from PATH")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 even on GPU")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE", help="override config entries")
-    p.add_argument(
-        "--check-data", choices=["quick", "full", "off"], default="quick",
-        help="validate the ADE20K folders first: the first 200 pairs per split (quick), all, or not at all")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    return p
+    return add_runner_args(p)
 
 
 def main(args: argparse.Namespace) -> None:
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg = config_from_args(args)
     if args.checkpoint:
         cfg.model.pretrained = None
         cfg.model.backbone.pretrained = args.checkpoint

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 from pretrain.data.synthetic import make_builtin_dataset
 
@@ -12,3 +13,12 @@ def small_builtin(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("builtin")
     make_builtin_dataset(root, seed=0, formats=("imagefolder",), imagefolder_train_per_class=12, imagefolder_val_per_class=4)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: tiny models on a shared 2-core machine; a second thread only spin-waits."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

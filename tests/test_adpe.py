@@ -13,14 +13,16 @@ from pretrain.weights import check_compatible, encoder_state_dict, to_method_lay
 from pretrain.engine.config import CONFIG_DIR, load_config
 from pretrain.engine.optim import build_adamw
 from pretrain.engine.schedule import set_learning_rate
-from pretrain.main import build_method, run
+from pretrain.main import run
+from pretrain.models import build_method
 from pretrain.models import create_vit
-from pretrain.models.adpe import AdPE, adversary_lr, is_adversarial
+from pretrain.engine.run import total_batch_and_lr
+from pretrain.models.adpe import AdPE, is_adversarial
 from pretrain.models.pos_embed import grid_coords, sincos_2d
 from pretrain.models.relpos import (
     KeyRelPos,
     PiecewiseIndex,
-    RelPosBlock,
+    ContextualRelPosBlock,
     bucket_ids_2d,
     grid_offsets,
     num_rel_buckets,
@@ -112,7 +114,7 @@ def test_rel_adversary_at_zero_equals_plain(mode):
     model = tiny("rel", mode)
     randomize_tables(ref)
     model.load_state_dict(ref.state_dict(), strict=False)
-    mask = ref.sample_mask(4, torch.Generator().manual_seed(0))
+    mask = ref.sample_masks(4, torch.Generator().manual_seed(0))
     torch.testing.assert_close(model(batch(), mask).loss, ref(batch(), mask).loss, atol=0, rtol=0)
 
 
@@ -157,7 +159,7 @@ def test_rel_embed_adds_query_times_vector_on_spatial_keys():
     torch.testing.assert_close(delta, expect, atol=1e-5, rtol=1e-5)
     model = tiny("rel", "embed")
     randomize_tables(model)
-    model(batch(), model.sample_mask(4, torch.Generator().manual_seed(0))).loss.backward()
+    model(batch(), model.sample_masks(4, torch.Generator().manual_seed(0))).loss.backward()
     grads = [p.grad for n, p in model.adversarial_parameters()]
     assert len(grads) == 3 and all(g is not None and g.abs().sum() > 0 for g in grads)
 
@@ -174,7 +176,7 @@ def test_abs_coord_zero_shift_is_the_sincos_table_and_gradients_reach_the_shift(
     model.adv_token.data.zero_()
     ref = tiny("abs", "none")
     ref.load_state_dict({k: v for k, v in model.state_dict().items() if k != "adv_token"})
-    mask = model.sample_mask(4, torch.Generator().manual_seed(0))
+    mask = model.sample_masks(4, torch.Generator().manual_seed(0))
     out = model(batch(), mask)
     torch.testing.assert_close(out.loss, ref(batch(), mask).loss, atol=1e-6, rtol=0)
     out.loss.backward()
@@ -185,7 +187,7 @@ def test_abs_embed_adversary_replaces_the_mask_token():
     model = tiny("abs", "embed")
     assert not hasattr(model, "mask_token") and model.adv_token.shape == (1, 1, 192)
     imgs = batch(2)
-    mask = model.sample_mask(2, torch.Generator().manual_seed(0))
+    mask = model.sample_masks(2, torch.Generator().manual_seed(0))
     x = model.embed(imgs, mask)[:, 1:]  # [B, N, D]
     pe = model.encoder.pos_embed_patches()
     torch.testing.assert_close(x[mask], (model.adv_token + pe).expand(2, -1, -1)[mask])
@@ -208,9 +210,10 @@ def test_one_step_descends_on_the_model_and_ascends_on_the_adversary(name):
         for n, p in model.adversarial_parameters():
             if p.shape == (2,):
                 p.copy_(torch.tensor([0.3, -0.6]))
-    imgs, mask = batch(), model.sample_mask(4, torch.Generator().manual_seed(0))
+    imgs, mask = batch(), model.sample_masks(4, torch.Generator().manual_seed(0))
     adv_lr = 0.05 if adversary == "coord" else 0.01
-    opt = build_adamw(model.param_groups(0.0, 1e-4, adv_lr=adv_lr), lr=1e-4, betas=(0.9, 0.95), fused=False)
+    model.adv_lr = adv_lr
+    opt = build_adamw(model.param_groups(0.0, 1e-4, total_batch=256), lr=1e-4, betas=(0.9, 0.95), fused=False)
     assert opt.param_groups[-1]["lr"] == -adv_lr
     before = copy.deepcopy(model.state_dict())
     out = model(imgs, mask)
@@ -251,7 +254,8 @@ def test_projection_keeps_each_adversarial_tensor_in_its_ball(kind, name):
 
 def test_param_groups_give_the_adversary_a_negative_scheduled_lr():
     model = tiny("rel", "coord")
-    groups = model.param_groups(0.05, 1e-3, adv_lr=2e-3)
+    model.adv_lr = 2e-3
+    groups = model.param_groups(0.05, 1e-3, total_batch=256)
     adv = groups[-1]
     assert adv["lr"] == adv["base_lr"] == -2e-3 and adv["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}
@@ -266,8 +270,9 @@ def test_param_groups_give_the_adversary_a_negative_scheduled_lr():
     set_learning_rate(opt, 5.5, 1e-3, warmup_epochs=1, total_epochs=10)
     assert opt.param_groups[-1]["lr"] == pytest.approx(-2e-3 * 0.5 * (1 + math.cos(math.pi * 0.5)))
     cfg = load_config("adpe_vit_tiny_builtin.yaml", ["train.batch_size=64", "train.accum_iter=2"])
-    assert adversary_lr(cfg) == pytest.approx(1.5e-3 * 128 / 256)
-    assert tiny("abs", "none").param_groups(0.05, 1e-3, adv_lr=1.0)[-1]["weight_decay"] == 0.05  # MAE+: 2 groups
+    total_batch, _ = total_batch_and_lr(cfg, world=1)
+    assert build_method(cfg).adversary_lr(total_batch) == pytest.approx(1.5e-3 * 128 / 256)
+    assert tiny("abs", "none").param_groups(0.05, 1e-3, total_batch=256)[-1]["weight_decay"] == 0.05  # MAE+: 2 groups
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -315,7 +320,7 @@ def test_rel_encoder_loads_into_create_vit_strictly():
     with torch.device("meta"):
         base = create_vit("base", rel_pos=True)
     base.load_state_dict(ref, strict=True, assign=True)
-    assert isinstance(base.blocks[0], RelPosBlock)
+    assert isinstance(base.blocks[0], ContextualRelPosBlock)
     assert torch.equal(base.blocks[3].attn.rpe_k.lookup_table_weight, ref["blocks.3.attn.rpe_k.lookup_table_weight"])
 
 
@@ -337,7 +342,7 @@ def test_recipes_hold_the_public_numbers():
         assert (a.pos, a.adversary) == ("rel" if "_rel_" in path.name else "abs", expect_adv), path.name
     model = build_method(load_config("adpe_vit_tiny_builtin.yaml"))
     assert isinstance(model, AdPE) and model.rel and model.adversary == "coord"
-    assert isinstance(model.decoder_blocks[0], RelPosBlock)
+    assert isinstance(model.decoder_blocks[0], ContextualRelPosBlock)
 
 
 def test_short_adpe_run_through_the_entry_point(small_builtin, tmp_path):
@@ -351,3 +356,49 @@ def test_short_adpe_run_through_the_entry_point(small_builtin, tmp_path):
     assert metrics["steps"] == 3 and math.isfinite(final["loss"]) and final["adv_norm"] > 0
     backbone = torch.load(tmp_path / "backbone.pth", weights_only=True)["model"]
     create_vit("tiny", rel_pos=True, img_size=32, patch_size=8).load_state_dict(backbone, strict=True)
+
+
+# --------------------------------------------------------------------------- masks from per-sample noise
+class _IndexDataset(torch.utils.data.Dataset):
+    """Sample ``i`` is its own index: the masks a batch row gets can be traced to the sample."""
+
+    def __len__(self) -> int:
+        return 24
+
+    def __getitem__(self, key):
+        index, _ = key
+        return torch.tensor(index), 0
+
+
+def _masks_by_sample(method, world: int, batch: int, epoch: int = 1) -> dict[int, torch.Tensor]:
+    """Run the training pipeline's sampler / noise / masks_from_noise path as ``world`` ranks."""
+    from pretrain.engine.mask_noise import MaskNoiseDataset
+    from pretrain.engine.sampler import ResumableSampler
+
+    keyed = MaskNoiseDataset(_IndexDataset(), seed=7, lengths=method.mask_noise_lengths(), copies=method.num_crops)
+    out: dict[int, torch.Tensor] = {}
+    for rank in range(world):
+        sampler = ResumableSampler(keyed, num_replicas=world, rank=rank, shuffle=True, seed=7)
+        sampler.set_epoch(epoch)
+        for indices, _, *noise in torch.utils.data.DataLoader(keyed, batch_size=batch, sampler=sampler):
+            masks = method.masks_from_noise([n.flatten(0, 1) for n in noise])  # [B * crops, N]
+            for row, index in enumerate(indices.tolist()):
+                out[index] = masks[row * method.num_crops:(row + 1) * method.num_crops]
+    return out
+
+
+def test_adpe_masks_come_from_per_sample_noise_independent_of_world_size():
+    cfg = load_config("adpe_vit_tiny_builtin.yaml")
+    method = build_method(cfg)
+    assert method.num_crops == int(cfg.adpe.num_crops) > 1
+    one = _masks_by_sample(method, world=1, batch=8)
+    two = _masks_by_sample(method, world=2, batch=4)
+    assert sorted(one) == sorted(two) == list(range(24))
+    for index in one:
+        assert torch.equal(one[index], two[index]), index
+        assert one[index].shape == (method.num_crops, method.encoder.num_patches)
+        assert (one[index].sum(-1) == method.encoder.num_patches - method.num_visible).all()
+    crops = one[0]
+    assert not torch.equal(crops[0], crops[1])  # each crop its own mask
+    other_epoch = _masks_by_sample(method, world=1, batch=8, epoch=2)
+    assert any(not torch.equal(one[i], other_epoch[i]) for i in one)

@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
 from analysis import pictures, reproduce, tables
 from analysis.backbone import infer_arch, load_backbone
+from analysis.canvas import expected_size
+from analysis.position_predictions import droppos_from_checkpoint
 from analysis.position_probe import (
     ProbeSettings,
     cell_distance,
@@ -19,17 +22,14 @@ from analysis.position_probe import (
     encode_with_dropped_positions,
     run_probe,
 )
+from analysis.runner import run_stage
+from analysis.stages import METRICS, Stage
+from pretrain.engine.config import load_config
+from pretrain.models import DropPos, build_method, create_vit
 from pretrain.weights import encoder_state_dict, to_reference_layout
-from pretrain.models import DropPos, create_vit
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning threads are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_droppos(img: int = 48, depth: int = 4, dim: int = 96) -> DropPos:
@@ -204,13 +204,19 @@ def assert_png(path: Path, kind: str) -> None:
     with Image.open(path) as im:
         im.verify()
     with Image.open(path) as im:
-        assert im.format == "PNG" and im.size == pictures.expected_size(kind)
+        assert im.format == "PNG" and im.size == expected_size(kind)
         assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
 
 
 def test_pictures_are_valid_pngs(trained_droppos, tmp_path):
     ckpt, data = trained_droppos["trained"], trained_droppos["data"]
-    assert_png(pictures.positions_picture(ckpt, tmp_path, data=data, label="head"), "positions")
+    # the position head of a standard-size ViT (what a pretraining config describes), rebuilt by the registry
+    torch.manual_seed(0)
+    std = DropPos(create_vit("tiny", img_size=32, patch_size=8), decoder_dim=64, decoder_depth=1, decoder_heads=4)
+    std_ckpt = save_ours(std, tmp_path / "checkpoint-00000001.pth")
+    assert_png(pictures.positions_picture(std_ckpt, tmp_path, data=data, mode="head", label="head"), "positions")
+    # a ViT of no standard size: auto falls back to the probe
+    assert_png(pictures.positions_picture(ckpt, tmp_path, data=data, probe_epochs=5, label="auto"), "positions")
     assert_png(
         pictures.positions_picture(ckpt, tmp_path, data=data, mode="probe", probe_epochs=5, label="probe"), "positions"
     )
@@ -227,6 +233,21 @@ def test_pictures_are_valid_pngs(trained_droppos, tmp_path):
     # CLI
     assert pictures.main(["smoothing", "--out", str(tmp_path / "cli"), "--grid", "8", "--img-size", "64"]) == 0
     assert_png(tmp_path / "cli" / "smoothing_targets.png", "smoothing")
+
+
+def test_droppos_head_rebuilt_from_the_run_config(tmp_path):
+    """A pretraining checkpoint's DropPos comes back through the registry with the run's own settings."""
+    overrides = ["droppos.decoder_dim=64", "droppos.decoder_heads=4", "droppos.mask_ratio=0.5", "droppos.sigma=0.5"]
+    cfg = load_config("droppos_vit_tiny_builtin.yaml", overrides + ["droppos.smoothing=reference"])
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    path = tmp_path / "checkpoint-00000003.pth"
+    torch.save({"model": model.state_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}, path)
+    rebuilt = droppos_from_checkpoint(path, load_backbone(path))
+    assert rebuilt.decoder_blocks[0].attn.num_heads == 4 and rebuilt.mask_ratio == 0.5
+    assert (rebuilt.sigma0, rebuilt.smoothing) == (0.5, "reference")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(rebuilt.state_dict()[key], value)
 
 
 # --------------------------------------------------------------------------- tables
@@ -338,9 +359,9 @@ def stub(
     available: str = "",
     fail: bool = False,
     needs: list[Path] = (),
-) -> reproduce.Stage:
+) -> Stage:
     """A stage whose process writes ``metrics`` (after a short nap, so that ordering matters) or fails."""
-    path = out / method / name / reproduce.METRICS[name]
+    path = out / method / name / METRICS[name]
     if fail:
         code = "import sys; print('boom'); sys.exit(3)"
     else:
@@ -348,7 +369,7 @@ def stub(
             f"import json, pathlib, time; time.sleep(0.3); p = pathlib.Path({str(path)!r}); "
             f"p.parent.mkdir(parents=True, exist_ok=True); p.write_text(json.dumps({metrics!r}))"
         )
-    return reproduce.Stage(method, name, [sys.executable, "-c", code], path, needs=list(needs), available=available)
+    return Stage(method, name, [sys.executable, "-c", code], path, needs=list(needs), available=available)
 
 
 def test_reproduce_runs_stages_skips_done_and_reports(tmp_path, monkeypatch, capsys):
@@ -449,23 +470,39 @@ def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
     assert reproduce.main(["--profile", "demo", "--methods", "droppos,bogus"]) == 2
 
 
+def test_reproduce_demo_dry_run_lists_every_stage(tmp_path, capsys):
+    """The demo's table (the same builder as the paper profiles): 6 stages x 3 methods, stage by stage."""
+    out = tmp_path / "demo"
+    assert reproduce.main(["--dry-run", "--output", str(out), "--detection-iters", "30", "--workers", "0"]) == 0
+    text = capsys.readouterr().out
+    heads = [line.split(" -> ")[0] for line in text.splitlines() if " -> " in line]
+    assert heads[:4] == ["# droppos / pretrain", "# mae / pretrain", "# adpe / pretrain", "# droppos / finetune"]
+    assert len(heads) == 18 and heads[-1] == "# adpe / position_probe"
+    assert "pretrain/configs/adpe_vit_tiny_builtin.yaml" in text and "train.epochs=3" in text
+    assert "data.builtin=true data.num_workers=0 train.progress=false train.tensorboard=false" in text
+    assert "train.max_iter=30 " in text and "'lr_multiplier.scheduler.milestones=[26, 28]'" in text
+    assert "--img-size 64 --num-workers 0 --train-images 600" in text
+    assert "train_dataloader.dataset.data_root=data/builtin/ade20k/ADEChallengeData2016" in text
+    assert not out.exists()
+
+
 def test_stage_timeout_and_missing_input_are_reported(tmp_path, capsys):
     out = tmp_path / "o"
-    slow = reproduce.Stage(
+    slow = Stage(
         "mae",
         "finetune",
         [sys.executable, "-c", "import time; print('start', flush=True); time.sleep(60)"],
         out / "mae" / "finetune" / "classification_metrics.json",
     )
-    rec = reproduce.run_stage(slow, out, timeout=1.0)
+    rec = run_stage(slow, out, timeout=1.0)
     assert rec["status"] == "failed" and "stage-timeout" in rec["reason"] and rec["wall_seconds"] < 30
     assert "start" in (out / "mae" / "logs" / "finetune.log").read_text()
-    needy = reproduce.Stage(
+    needy = Stage(
         "mae",
         "detection",
         [sys.executable, "-c", "pass"],
         out / "mae" / "detection" / "x.json",
         needs=[out / "mae" / "pretrain" / "backbone.pth"],
     )
-    rec = reproduce.run_stage(needy, out)
+    rec = run_stage(needy, out)
     assert rec["status"] == "skipped" and "backbone.pth" in rec["reason"]

@@ -31,7 +31,7 @@ def test_flop_count_matches_analytic_vit():
 
 def test_droppos_training_flops_split():
     cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32"])
-    from pretrain.main import build_method
+    from pretrain.models import build_method
 
     model = build_method(cfg)
     f = benchmark.training_flops("droppos", model, (3, 32, 32), torch.device("cpu"))

@@ -1,9 +1,7 @@
 """Checkpoints in and out: reference formats key for key, safe loading, export to timm."""
-import argparse
-import json
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import timm
 import torch
@@ -20,23 +18,8 @@ from pretrain.weights import (
 )
 from pretrain.models import DropPos, MAE, create_vit
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_keys.json"
-if not REF.is_file():  # CI clones the repository with shared/ beside it
-    REF = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "reference_keys.json"
-
-
-def reference_state(name: str) -> dict:
-    if not REF.is_file():
-        pytest.skip("shared/reference/reference_keys.json not available")
-    models = json.loads(REF.read_text())["models"]
-    g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(*shape, generator=g) for k, shape in models[name]}
-
-
-def save_reference_style(state: dict, path: Path) -> None:
-    """How the reference code saves: DDP prefix, an args Namespace and numpy scalars beside."""
-    torch.save({"model": {"module." + k: v for k, v in state.items()}, "args": argparse.Namespace(blr=1.5e-4),
-                "epoch": 199, "scaler": {"scale": np.float64(1.0)}}, path)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_files import reference_state, save_reference_style  # noqa: E402
 
 
 @pytest.mark.parametrize("name,builder", [

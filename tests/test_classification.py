@@ -1,6 +1,6 @@
 """Classification transfer: layer decay, mixup, checkpoint loading, pos_embed resizing, resume, linear probe."""
-import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,32 +20,11 @@ from pretrain.engine.config import ConfigError
 from pretrain.models.pos_embed import build_sincos_pos_embed
 from pretrain.models.vit import create_vit
 
-REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "reference_keys.json"
-if not REF.is_file():  # CI clones the repository with shared/ beside it
-    REF = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "reference_keys.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference_files import reference_state, save_reference_style  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared, oversubscribed CPU: a second intra-op thread only spin-waits (10x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def reference_state(name: str) -> dict:
-    if not REF.is_file():
-        pytest.skip("shared/reference/reference_keys.json not available")
-    models = json.loads(REF.read_text())["models"]
-    g = torch.Generator().manual_seed(0)
-    return {k: torch.randn(*shape, generator=g) for k, shape in models[name]}
-
-
-def save_reference_style(state: dict, path: Path) -> None:
-    """As the reference code saves: DDP prefix and a pickled argparse Namespace beside the weights."""
-    torch.save({"model": {"module." + k: v for k, v in state.items()}, "args": argparse.Namespace(blr=1.5e-4),
-                "epoch": 199, "scaler": {"scale": np.float64(1.0)}}, path)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def in_memory(state: dict) -> PretrainedEncoder:
@@ -170,7 +149,7 @@ def test_reference_checkpoint_leaves_only_head_new(tmp_path, vit_base_avg):
         torch.testing.assert_close(own[k], state[k])
     torch.testing.assert_close(model.head.weight, head_before)
     assert 1e-5 < model.head.weight.std() < 3e-5  # MAE head init, std 2e-5
-    assert "newly initialised: fc_norm.bias" in report.summary()
+    assert "newly initialised (4): fc_norm.bias" in report.summary()
     report.save(tmp_path)
     saved = json.loads((tmp_path / "load_report.json").read_text())
     assert saved["format"] == "droppos" and "argparse.Namespace" in saved["ignored_objects"]

@@ -27,28 +27,19 @@ from pretrain.data import (
     normalize_uint8,
 )
 from pretrain.data.imagefolder import EncodedImage, jpeg_size, read_bytes
-from pretrain.data.synthetic import (
-    BuiltinConfig,
-    coco_scene,
-    imagefolder_scene,
-    polygon_area,
-    polygon_mask,
-    read_manifest,
-    render_scene,
-)
+from pretrain.data.builtin_config import BuiltinConfig
+from pretrain.data.polygons import polygon_area, polygon_mask
+from pretrain.data.scenes import render_scene
+from pretrain.data.synthetic import read_manifest
+from pretrain.data.write_coco import coco_scene
+from pretrain.data.write_imagefolder import imagefolder_scene
 from pretrain.data.transforms import decode_reduced, sample_resized_crop
 
-SMALL = dict(
+SMALL = dict(  # a few images per format, one line each
     num_classes=3,
-    imagefolder_size=64,
-    imagefolder_train_per_class=4,
-    imagefolder_val_per_class=2,
-    coco_train=6,
-    coco_val=3,
-    coco_size=(96, 128),
-    ade_train=5,
-    ade_val=2,
-    ade_size=(64, 96),
+    imagefolder_size=64, imagefolder_train_per_class=4, imagefolder_val_per_class=2,
+    coco_train=6, coco_val=3, coco_size=(96, 128),
+    ade_train=5, ade_val=2, ade_size=(64, 96),
 )
 BICUBIC = T.InterpolationMode.BICUBIC
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("detectron2", reason="run tools/install_detectron2.sh")
 
@@ -21,14 +22,13 @@ from detection.checkpointer import ViTDetCheckpointer, encoder_to_vitdet  # noqa
 from detection.feature_pyramid import LayerNorm2d, SimpleFeaturePyramid  # noqa: E402
 from detection.layer_decay import param_hyperparameters, vitdet_lr_factor, vitdet_param_groups  # noqa: E402
 from detection.train_net import apply_overrides, parse_override_value  # noqa: E402
-from detection.windowed_vit import (  # noqa: E402
-    ViTDetEncoder,
-    create_vitdet_encoder,
-    decomposed_rel_pos_bias,
+from detection.windowed_vit import ViTDetEncoder, create_vitdet_encoder  # noqa: E402
+from pretrain.models.vit import create_vit  # noqa: E402
+from timm.models.vision_transformer_sam import (  # noqa: E402
+    get_decomposed_rel_pos_bias,
     window_partition,
     window_unpartition,
 )
-from pretrain.models.vit import create_vit  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "detection" / "configs"
@@ -110,26 +110,82 @@ def test_rel_pos_tables_start_at_zero_and_drop_path_increases():
 
 
 def test_window_partition_roundtrip_with_padding():
+    """timm's helpers as the blocks call them: unpartition takes (H, W) then the padded size."""
     x = torch.randn(2, 7, 10, 5)
     windows, padded = window_partition(x, 4)
     assert padded == (8, 12) and windows.shape == (2 * 2 * 3, 4, 4, 5)
-    assert torch.equal(window_unpartition(windows, 4, padded, (7, 10)), x)
+    assert torch.equal(window_unpartition(windows, 4, (7, 10), padded), x)
 
 
 def test_decomposed_bias_matches_brute_force():
     torch.manual_seed(0)
     h, w, c = 3, 4, 5
-    q = torch.randn(2, 1, h * w, c)
+    q = torch.randn(2, h * w, c)  # batch and heads folded, as the attention passes it
     rel_h, rel_w = torch.randn(2 * h - 1, c), torch.randn(2 * w - 1, c)
-    bias = decomposed_rel_pos_bias(q, rel_h, rel_w, (h, w), (h, w))
-    ref = torch.zeros(2, 1, h * w, h * w)
+    bias = get_decomposed_rel_pos_bias(q, rel_h, rel_w, (h, w), (h, w))
+    ref = torch.zeros(2, h * w, h * w)
     for i in range(h):
         for j in range(w):
             for m in range(h):
                 for n in range(w):
-                    qv = q[:, 0, i * w + j]
-                    ref[:, 0, i * w + j, m * w + n] = qv @ rel_h[i - m + h - 1] + qv @ rel_w[j - n + w - 1]
+                    qv = q[:, i * w + j]
+                    ref[:, i * w + j, m * w + n] = qv @ rel_h[i - m + h - 1] + qv @ rel_w[j - n + w - 1]
     torch.testing.assert_close(bias, ref)
+
+
+def rel_table(table: torch.Tensor, side: int) -> torch.Tensor:
+    """A relative table with one row per offset of ``side`` tokens (linear resize if needed)."""
+    if table.shape[0] != 2 * side - 1:
+        table = F.interpolate(table.t()[None], size=2 * side - 1, mode="linear")[0].t()
+    return table
+
+
+def reference_vitdet(enc: ViTDetEncoder, x: torch.Tensor) -> torch.Tensor:
+    """ViTDet's encoder written out plainly: each window (or the whole map) gathered by slicing
+    a zero-padded map, per-pair offsets indexing the relative tables (resized linearly when
+    the attended side differs from theirs), softmax attention per head."""
+    x = enc.patch_embed(x)
+    B, H, W, C = x.shape
+    x = x + enc.pos_embed_patches((H, W)).reshape(1, H, W, C)
+    for blk in enc.blocks:
+        attn = blk.attn
+        heads, hd = attn.num_heads, C // attn.num_heads
+        side_h, side_w = (blk.window_size, blk.window_size) if blk.window_size else (H, W)
+        Hp, Wp = -(-H // side_h) * side_h, -(-W // side_w) * side_w
+        y = x.new_zeros(B, Hp, Wp, C)
+        y[:, :H, :W] = blk.norm1(x)
+        rows = torch.arange(side_h).repeat_interleave(side_w)
+        cols = torch.arange(side_w).repeat(side_h)
+        r_h = rel_table(attn.rel_pos_h, side_h)[rows[:, None] - rows[None, :] + side_h - 1]  # [N, N, hd]
+        r_w = rel_table(attn.rel_pos_w, side_w)[cols[:, None] - cols[None, :] + side_w - 1]
+        out = torch.zeros_like(y)
+        for r0 in range(0, Hp, side_h):
+            for c0 in range(0, Wp, side_w):
+                tokens = y[:, r0:r0 + side_h, c0:c0 + side_w].reshape(B, -1, C)
+                q, k, v = attn.qkv(tokens).view(B, -1, 3, heads, hd).unbind(2)  # [B, N, heads, hd]
+                bias = torch.einsum("bnhd,nmd->bhnm", q, r_h) + torch.einsum("bnhd,nmd->bhnm", q, r_w)
+                logits = torch.einsum("bnhd,bmhd->bhnm", q, k) * hd ** -0.5 + bias
+                mixed = torch.einsum("bhnm,bmhd->bnhd", logits.softmax(-1), v).reshape(B, -1, C)
+                out[:, r0:r0 + side_h, c0:c0 + side_w] = attn.proj(mixed).view(B, side_h, side_w, C)
+        x = x + out[:, :H, :W]
+        x = x + blk.mlp(blk.norm2(x))
+    return x.permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_encoder_matches_plain_reference(fused):
+    """Windows with padding (5 x 6 map in 3 x 3 windows), global blocks on tables sized for
+    another grid (interpolated) and on their own grid: the same numbers as the plain version."""
+    torch.manual_seed(0)
+    enc = small_encoder(img_size=96).eval()  # global tables for 6 x 6
+    for blk in enc.blocks:
+        torch.nn.init.normal_(blk.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(blk.attn.rel_pos_w, std=0.5)
+        blk.attn.fused_attn = fused
+    with torch.no_grad():
+        for size in ((80, 96), (96, 96)):
+            x = torch.randn(2, 3, *size)
+            torch.testing.assert_close(enc(x), reference_vitdet(enc, x), atol=1e-5, rtol=1e-5)
 
 
 def test_fused_attention_matches_explicit_and_tables_interpolate():
@@ -225,7 +281,7 @@ def test_reference_key_names_map_onto_vitdet_b_and_l():
         converted, report = encoder_to_vitdet(encoder_state_dict(fake), own)
         assert set(converted) == {k for k in own if ".rel_pos_" not in k}, ref_name
         assert all(converted[k].shape == own[k].shape for k in converted)
-        assert sorted(report["unused"]) == ["cls_token", "norm.bias", "norm.weight"]
+        assert report.unused == ["cls_token", "norm.bias", "norm.weight"]
 
 
 def test_pos_embed_of_other_grid_is_resized():

@@ -6,7 +6,8 @@ import torch
 
 from pretrain.engine.config import ConfigError, load_config
 from pretrain.engine.schedule import warmup_cosine
-from pretrain.main import build_method, main, run
+from pretrain.main import main, run
+from pretrain.models import build_method
 
 
 def tiny_cfg(data_root, out, *extra):
@@ -72,11 +73,9 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_weight_decay_groups():
-    from pretrain.engine.optim import pretrain_param_groups
-
     cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32"])
     model = build_method(cfg)
-    groups = pretrain_param_groups(model, 0.05)
+    groups = model.param_groups(0.05, 1e-3, total_batch=64)
     names = {id(p): n for n, p in model.named_parameters()}
     no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}

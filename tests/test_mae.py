@@ -20,7 +20,7 @@ def test_mae_shapes_and_masked_only_loss():
     assert len(m.decoder_blocks) == 2 and m.mask_token.shape == (1, 1, 64)
     imgs = torch.randn(2, 3, 32, 32)
     ids = torch.tensor([[0, 5, 10, 15], [1, 2, 3, 4]])
-    out = m(imgs, ids_keep=ids)
+    out = m(imgs, masks=ids)
     assert out.outputs["pred"].shape == (2, 16, 192)
     mask = out.outputs["mask"]
     assert mask.sum() == 2 * 12 and not mask[0, 5]

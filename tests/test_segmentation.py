@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,9 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pretrain.models.pos_embed import build_sincos_pos_embed, resize_pos_embed  # noqa: E402
-from pretrain.models.vit import create_vit  # noqa: E402
+from pretrain.models.vit import create_vit, vit_layer_id  # noqa: E402
 from segmentation.backbone import DropPosViT  # noqa: E402
-from segmentation.layer_decay import vit_layer_id  # noqa: E402
 from segmentation.pretrained import load_encoder_weights  # noqa: E402
 from segmentation.rel_pos_attention import relative_position_index, table_for_grid  # noqa: E402
 
@@ -177,8 +175,8 @@ def test_layer_decay_scales_and_no_weight_decay():
     assert seen["decode_head.conv_seg.weight"] == pytest.approx((lr, wd))
     assert seen["neck.upsample_4x.0.weight"] == pytest.approx((lr, wd))
     assert seen["decode_head.conv_seg.bias"] == pytest.approx((lr, 0.0))
-    assert vit_layer_id("backbone.blocks.11.attn.qkv.weight", 12) == 12
-    assert vit_layer_id("auxiliary_head.conv_seg.weight", 12) == 13
+    assert vit_layer_id("backbone.blocks.11.attn.qkv.weight", 12, prefix="backbone.") == 12
+    assert vit_layer_id("auxiliary_head.conv_seg.weight", 12, prefix="backbone.") == 13
 
 
 # ---------------------------------------------------------- pretrained weights
@@ -228,9 +226,9 @@ def test_reference_vit_b_keys_map_onto_the_vit_b_backbone():
     encoder_keys = [k for k in shapes if not k.startswith("decoder") and k != "mask_pos_token"]
     assert sorted(report.loaded + report.unexpected) == sorted(encoder_keys)
     assert sorted(report.unexpected) == ["norm.bias", "norm.weight"]
-    assert all(k.endswith(("gamma", "relative_position_bias_table")) for k in report.missing)
-    assert len(report.missing) == 12 * 3
-    assert report.resized == ["pos_embed (1, 197, 768) -> (1, 1025, 768)"]
+    assert all(k.endswith(("gamma", "relative_position_bias_table")) for k in report.new)
+    assert len(report.new) == 12 * 3
+    assert report.resized == {"pos_embed": "grid 14x14 -> 32x32 (bicubic, cls row kept)"}
 
 
 def test_nothing_matching_is_an_error():

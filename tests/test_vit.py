@@ -1,5 +1,4 @@
-"""The shared ViT: timm key names, sin-cos table layout, resizing."""
-import math
+"""The shared ViT: timm key names, sin-cos table layout, resizing, layer ids for lr decay."""
 
 import numpy as np
 import pytest
@@ -7,7 +6,7 @@ import timm
 import torch
 
 from pretrain.models.pos_embed import build_sincos_pos_embed, resize_pos_embed, sincos_2d
-from pretrain.models.vit import VIT_SIZES, create_vit
+from pretrain.models.vit import VIT_SIZES, create_vit, vit_layer_id
 
 
 def mae_numpy_table(dim: int, side: int) -> np.ndarray:
@@ -71,3 +70,18 @@ def test_drop_path_and_sdpa_forward_backward():
     out = vit.forward_features(torch.randn(2, 3, 32, 32))
     out.mean().backward()
     assert all(p.grad is not None for n, p in vit.named_parameters() if p.requires_grad)
+
+
+def test_layer_id_for_lr_decay():
+    """One rule for every layer-wise lr decay (fine-tuning, ViTDet, UperNet): embeddings 0,
+    block i -> i + 1, the rest num_layers + 1; ``prefix`` places the ViT in a larger model."""
+    model = create_vit("tiny", img_size=32, patch_size=8, num_classes=10, global_pool="token")
+    ids = {name: vit_layer_id(name, 12) for name, _ in model.named_parameters()}
+    assert {n for n, i in ids.items() if i == 0} == {"cls_token", "pos_embed", "patch_embed.proj.weight",
+                                                     "patch_embed.proj.bias"}
+    assert ids["blocks.0.attn.qkv.weight"] == 1 and ids["blocks.11.mlp.fc2.bias"] == 12
+    assert ids["norm.weight"] == ids["head.weight"] == 13
+    assert vit_layer_id("backbone.net.blocks.3.attn.rel_pos_h", 12, prefix="backbone.net.") == 4
+    assert vit_layer_id("backbone.net.pos_embed", 24, prefix="backbone.net.") == 0
+    assert vit_layer_id("backbone.simfp_2.0.weight", 12, prefix="backbone.net.") == 13
+    assert vit_layer_id("pos_embed", 12, prefix="backbone.") == 13  # outside the backbone

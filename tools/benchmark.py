@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import platform
@@ -35,34 +34,16 @@ import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
+from tools.bench_cli import run_benchmark_cli
+from tools.gpu_peaks import gpu_peak_kind, gpu_peak_tflops  # noqa: F401 (re-exported)
+
 METHODS = ("droppos", "mae", "adpe", "finetune")
 
-# Dense (no sparsity) tensor-core peaks in TFLOP/s from the vendor datasheets, matched by
-# device-name substring (first match wins, so specific names come first).
-GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
-    ("H100 PCIe", {"bf16": 756.0, "tf32": 378.0, "fp32": 51.2}),
-    ("H100 NVL", {"bf16": 835.0, "tf32": 417.5, "fp32": 60.0}),
-    ("H100", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),  # SXM
-    ("H200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("GH200", {"bf16": 989.4, "tf32": 494.7, "fp32": 66.9}),
-    ("A100", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("A800", {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5}),
-    ("L40S", {"bf16": 362.05, "tf32": 183.0, "fp32": 91.6}),
-    ("L40", {"bf16": 181.0, "tf32": 90.5, "fp32": 90.5}),
-    ("L4", {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3}),
-    ("A10G", {"bf16": 70.0, "tf32": 35.0, "fp32": 31.2}),
-    ("A10", {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2}),
-    ("A6000", {"bf16": 154.8, "tf32": 77.4, "fp32": 38.7}),
-    ("4090", {"bf16": 165.2, "tf32": 82.6, "fp32": 82.6}),
-    ("3090", {"bf16": 71.0, "tf32": 35.6, "fp32": 35.6}),
-    ("V100", {"bf16": 125.0, "tf32": 15.7, "fp32": 15.7}),  # no bf16 tensor cores: the fp16 peak
-]
 
 
 # --------------------------------------------------------------------------- build
@@ -86,24 +67,18 @@ def build_config(args: argparse.Namespace):
 
 def pretrain_optimizer(model: nn.Module, cfg, device: torch.device, fused: bool) -> tuple[torch.optim.Optimizer, float]:
     """The optimizer exactly as ``pretrain.main.run`` builds it (single process)."""
-    from pretrain.engine.optim import build_adamw, pretrain_param_groups
+    from pretrain.engine.optim import build_adamw
+    from pretrain.engine.run import total_batch_and_lr
 
-    total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter)
-    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total_batch / 256
-    if hasattr(model, "param_groups"):
-        groups = model.param_groups(float(cfg.optim.weight_decay), lr, cfg)
-    else:
-        groups = pretrain_param_groups(model, float(cfg.optim.weight_decay))
+    total_batch, lr = total_batch_and_lr(cfg, world=1)
+    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch)
     return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), lr
 
 
-def pretrain_input_shape(cfg) -> tuple[int, ...]:
+def pretrain_input_shape(cfg, method: nn.Module) -> tuple[int, ...]:
     """Per-sample input shape the data pipeline delivers: [3, S, S] or multi-crop [n, 3, S, S]."""
-    from omegaconf import OmegaConf
-
     s = int(cfg.model.img_size)
-    crops = int(OmegaConf.select(cfg, "adpe.num_crops", default=1) or 1) if cfg.method == "adpe" else 1
-    return (3, s, s) if crops <= 1 else (crops, 3, s, s)
+    return (3, s, s) if method.num_crops <= 1 else (method.num_crops, 3, s, s)
 
 
 def build_finetune(args: argparse.Namespace, device: torch.device):
@@ -195,7 +170,7 @@ def training_flops(method: str, model: nn.Module, sample_shape: tuple[int, ...],
             flat = x.flatten(0, 1) if x.dim() == 5 else x
             total, skipped = count_macs(model, lambda m, im: m(im).loss, (flat,))
         nograd = 0
-        if method == "droppos" and getattr(model, "attentive", False):
+        if method == "droppos" and model.attentive:
             tokens = model.encoder.embed_patches(x)
             ids = model.sample_masks(n, device=device).ids_keep
             nograd, more = count_macs(model, lambda m, t, i: m.attentive_weights(t, i), (tokens, ids))
@@ -215,21 +190,6 @@ def training_flops(method: str, model: nn.Module, sample_shape: tuple[int, ...],
 
 
 # --------------------------------------------------------------------------- peaks
-def gpu_peak_kind(precision: str, tf32: bool) -> str:
-    """Which datasheet peak applies: bf16 (also fp16) tensor cores, TF32 tensor cores or plain fp32."""
-    if precision in ("bf16", "fp16"):
-        return "bf16"
-    return "tf32" if tf32 else "fp32"
-
-
-def gpu_peak_tflops(name: str, kind: str) -> float | None:
-    """Datasheet dense peak (TFLOP/s) of a GPU by name for ``kind`` ('bf16', 'tf32', 'fp32')."""
-    for sub, peaks in GPU_PEAK_TFLOPS:
-        if sub.lower() in name.lower():
-            return peaks[kind]
-    return None
-
-
 def measured_matmul_tflops(dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (2048, 3072), repeats: int = 5) -> dict[str, Any]:
     """Best achieved TFLOP/s of large square matmuls on this CPU (``repeats`` timed runs per size)."""
     best, best_n = 0.0, 0
@@ -274,14 +234,18 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
     """Model, Trainer and a host batch, built as the training entry point builds them."""
     from pretrain.engine.logger import RunLogger
     from pretrain.engine.schedule import set_learning_rate
+    from pretrain.engine.hooks import MethodHook
     from pretrain.engine.trainer import LoopConfig, Trainer, resolve_precision
 
     if args.method == "finetune":
         model, optimizer, step_fn, shape, info = build_finetune(args, device)
         precision = resolve_precision(info.pop("precision_cfg"), device)
         clip, clip_mode, compile_model = info["clip_grad"], info.pop("clip_mode"), info.pop("compile_cfg")
+        hooks = []
     else:
-        from pretrain.main import build_method, make_step_fn, seed_everything
+        from pretrain.engine.run import seed_everything
+        from pretrain.main import make_step_fn
+        from pretrain.models import build_method
 
         cfg = build_config(args)
         seed_everything(int(cfg.train.seed))
@@ -289,8 +253,9 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
         optimizer, lr = pretrain_optimizer(model, cfg, device, fused_adamw(args, cfg, device))
         generator = torch.Generator(device=device)
         generator.manual_seed(int(cfg.train.seed) * 1000)
-        step_fn = make_step_fn(device, generator)
-        shape = pretrain_input_shape(cfg)
+        step_fn = make_step_fn(device, model, generator)
+        hooks = [MethodHook(model)]  # the method's schedule (sigma) and post-step projection, as in training
+        shape = pretrain_input_shape(cfg, model)
         precision = resolve_precision(cfg.train.precision, device)
         clip, clip_mode, compile_model = cfg.optim.clip_grad, cfg.optim.clip_mode, bool(cfg.train.compile)
         info = dict(size=cfg.model.size, img_size=int(cfg.model.img_size), patch_size=int(cfg.model.patch_size),
@@ -301,10 +266,10 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
                       log_every=10 ** 9, progress=False)
     logger = RunLogger(tempfile.gettempdir(), enabled=False, tensorboard=False)
     trainer = Trainer(run_model, optimizer, _BatchLoader(batch), range(batch), step_fn, loop, device, precision,
-                      None, logger, after_step=getattr(model, "after_optimizer_step", None))
+                      None, logger, hooks=hooks)
     set_learning_rate(optimizer, 0.0, info["lr"], 0.0, 1.0)  # peak lr in every group (training: per step)
-    if hasattr(model, "set_progress"):
-        model.set_progress(0.0, 1)
+    for hook in hooks:
+        hook.before_step(trainer, 0.0)
     g = torch.Generator().manual_seed(0)
     # uint8 images, as the training DataLoaders deliver them: the step normalises them on the device
     imgs = torch.randint(0, 256, (batch, *shape), generator=g, dtype=torch.uint8)
@@ -506,17 +471,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    args.argv = argv
-    result = benchmark(args)
-    print_result(result)
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        print(f"wrote {path}")
-    return 0
+    return run_benchmark_cli(get_args_parser(), benchmark, print_result, argv)
 
 
 if __name__ == "__main__":

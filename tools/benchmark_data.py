@@ -39,6 +39,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pretrain.atomic import atomic_write_json
+from tools.bench_cli import run_benchmark_cli
+from tools.benchmark_table import pipeline_cells, torchvision_speeds
+
 PIPELINES = ("pretrain/ours", "pretrain/torchvision", "finetune/ours", "finetune/torchvision")
 
 
@@ -82,7 +86,7 @@ def make_large_jpegs(src_root: Path, dst_root: Path, count: int, size: tuple[int
         out = dst / f.parent.name / f"large_{i:06d}.JPEG"
         out.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(out, quality=quality)
-    manifest.write_text(json.dumps(params, indent=2))
+    atomic_write_json(manifest, params)
     return Path(dst_root)
 
 
@@ -169,7 +173,7 @@ def make_loader(ds, workers: int, batch: int, seed: int) -> torch.utils.data.Dat
                                        drop_last=True, worker_init_fn=one_opencv_thread)
 
 
-def measure(it, seconds: float, batch: int, stats: _Stats, finish: Callable | None = None,
+def measure(it, seconds: float, stats: _Stats, finish: Callable | None = None,
             in_process: bool = False) -> tuple[int, float]:
     """Images drawn (and finished) from ``it`` in about ``seconds`` of timed work.
 
@@ -216,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     per_round = args.seconds / args.rounds
     for r in range(args.rounds):  # alternate the order every round
         for name in (names if r % 2 == 0 else names[::-1]):
-            n, dt = measure(iters[name], per_round, args.batch, stats[name], finishers[name], args.workers == 0)
+            n, dt = measure(iters[name], per_round, stats[name], finishers[name], args.workers == 0)
             counts[name] += n
             secs[name] += dt
     results = []
@@ -250,14 +254,8 @@ def print_report(rep: dict[str, Any]) -> None:
     print(f"data: {rep['data']} ({f['images']} images, {f['first_size_wh'][0]}x{f['first_size_wh'][1]}, "
           f"{f['mean_kb']:.1f} KB mean), workers={rep['workers']}, batch={rep['batch']}, "
           f"{rep['seconds_per_pipeline']} s per pipeline in {rep['rounds']} rounds, load avg {rep['load_avg_1m_end']:.2f}")
-    rows = []
-    base = {r["pipeline"].split("/")[0]: r["images_per_s"] for r in rep["results"] if "torchvision" in r["pipeline"]}
-    for r in rep["results"]:
-        ref = base.get(r["pipeline"].split("/")[0])
-        rows.append((r["pipeline"], f"{r['images_per_s']:.1f}", f"{r['images_per_s_per_worker']:.1f}",
-                     f"{r['images_per_s'] / ref:.2f}x" if ref else "",
-                     " ".join(f"{m:+.3f}" for m in r["mean"]), " ".join(f"{e:.3f}" for e in r["mean_se"]),
-                     " ".join(f"{s:.3f}" for s in r["std"])))
+    speeds = torchvision_speeds(rep)
+    rows = [[r["pipeline"], *pipeline_cells(r, speeds)] for r in rep["results"]]
     print(tabulate(rows, headers=("pipeline", "images/s", "per worker", "vs torchvision", "mean (R G B)",
                                   "s.e. of mean", "std (R G B)"), tablefmt="github"))
 
@@ -285,17 +283,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    args.argv = argv
-    rep = run(args)
-    print_report(rep)
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rep, indent=2))
-        print(f"wrote {path}")
-    return 0
+    return run_benchmark_cli(get_args_parser(), run, print_report, argv)
 
 
 if __name__ == "__main__":

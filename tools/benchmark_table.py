@@ -43,23 +43,35 @@ def training_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def torchvision_speeds(result: dict[str, Any]) -> dict[str, float]:
+    """images/s of each recipe's torchvision pipeline in a data benchmark, by recipe ("pretrain", ...)."""
+    return {p["pipeline"].split("/")[0]: p["images_per_s"] for p in result["results"] if "torchvision" in p["pipeline"]}
+
+
+def pipeline_cells(p: dict[str, Any], speeds: dict[str, float]) -> list[str]:
+    """One pipeline's figures: images/s, per worker, speed vs torchvision, output mean, its s.e., std."""
+    base = speeds.get(p["pipeline"].split("/")[0])
+    return [
+        f"{p['images_per_s']:.1f}",
+        f"{p['images_per_s_per_worker']:.1f}",
+        f"{p['images_per_s'] / base:.2f}x" if base else "",
+        " ".join(f"{m:+.3f}" for m in p["mean"]),
+        " ".join(f"{e:.3f}" for e in p["mean_se"]) if "mean_se" in p else "n/a",
+        " ".join(f"{s:.3f}" for s in p["std"]),
+    ]
+
+
 def data_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for r in results:
-        ref = {p["pipeline"].split("/")[0]: p["images_per_s"] for p in r["results"] if "torchvision" in p["pipeline"]}
+        speeds = torchvision_speeds(r)
         f = r.get("folder", {})
         for p in r["results"]:
-            base = ref.get(p["pipeline"].split("/")[0])
             rows.append([
                 p["pipeline"],
                 f"{f.get('images', '?')} JPEGs, {'x'.join(map(str, f.get('first_size_wh', ['?'])))}",
                 str(r.get("workers", "")),
-                f"{p['images_per_s']:.1f}",
-                f"{p['images_per_s_per_worker']:.1f}",
-                f"{p['images_per_s'] / base:.2f}x" if base else "",
-                " ".join(f"{m:+.3f}" for m in p["mean"]),
-                " ".join(f"{e:.3f}" for e in p["mean_se"]) if "mean_se" in p else "n/a",
-                " ".join(f"{s:.3f}" for s in p["std"]),
+                *pipeline_cells(p, speeds),
                 f"`{r['command']}`" if "command" in r else "",
             ])
     return rows

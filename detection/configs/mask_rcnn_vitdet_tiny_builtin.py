@@ -14,6 +14,7 @@ from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 from detection.datasets import builtin_coco
+from pretrain.models import vit
 
 from .mask_rcnn_vitdet_b_100ep import dataloader, model, optimizer, train
 
@@ -22,13 +23,7 @@ data_root = "data/builtin"
 
 # ViT-Tiny with 8 px patches (16 x 16 grid at 128 px), 8 x 8 windows, global 2, 5, 8, 11.
 model.backbone.net.update(
-    img_size=image_size,
-    pretrain_img_size=64,
-    patch_size=8,
-    embed_dim=192,
-    depth=12,
-    num_heads=3,
-    window_size=8,
+    img_size=image_size, pretrain_img_size=64, patch_size=8, window_size=8, **vit.VIT_SIZES["tiny"]
 )
 model.backbone.scale_factors = (2.0, 1.0, 0.5, 0.25)  # stride 8 -> 4, 8, 16, 32 (+ p6 at 64)
 model.backbone.square_pad = image_size
@@ -50,19 +45,18 @@ model.roi_heads.batch_size_per_image = 128
 model.roi_heads.num_classes = 10  # the built-in classes
 model.roi_heads.box_predictor.test_topk_per_image = 20
 
-# 128 px LSJ (milder scale range than COCO's 0.1-2.0 for a 300-iteration run).
+# The common LSJ (flip, ResizeScale, FixedSizeCrop; test ResizeShortestEdge) at 128 px, with a
+# milder scale range than COCO's 0.1-2.0 for a 300-iteration run.
 dataloader.train.dataset.names = L(builtin_coco)(root=data_root, split="train")
-dataloader.train.mapper.augmentations = [
-    L(T.RandomFlip)(horizontal=True),
-    L(T.ResizeScale)(min_scale=0.5, max_scale=1.5, target_height=image_size, target_width=image_size),
-    L(T.FixedSizeCrop)(crop_size=(image_size, image_size), pad=False),
-]
+assert [a._target_ for a in dataloader.train.mapper.augmentations[1:]] == [T.ResizeScale, T.FixedSizeCrop]
+dataloader.train.mapper.augmentations[1].update(
+    min_scale=0.5, max_scale=1.5, target_height=image_size, target_width=image_size
+)
+dataloader.train.mapper.augmentations[2].crop_size = (image_size, image_size)
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = 1
 dataloader.test.dataset.names = L(builtin_coco)(root=data_root, split="val")
-dataloader.test.mapper.augmentations = [
-    L(T.ResizeShortestEdge)(short_edge_length=image_size, max_size=image_size),
-]
+dataloader.test.mapper.augmentations[0].update(short_edge_length=image_size, max_size=image_size)
 dataloader.test.num_workers = 1
 dataloader.evaluator.dataset_name = L(builtin_coco)(root=data_root, split="val")
 

@@ -23,7 +23,7 @@ resize that follows is then a smaller downscale of the same region.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -155,11 +155,24 @@ def resize_uint8(img: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class _TensorTransform:
-    """Shared parts: input handling and the tail (contiguous uint8 or normalised float32)."""
+    """Shared parts: the options every transform takes and the tail (contiguous uint8 or normalised float32).
 
-    def __init__(self, normalize: bool, mean: Sequence[float], std: Sequence[float], reduced_decode: bool) -> None:
+    Options (keyword only): ``normalize`` (False: return uint8, to be normalised later by
+    :class:`Uint8Normalize`), ``mean`` / ``std`` of the normalisation and ``reduced_decode``
+    (False: always decode a JPEG at full size).
+    """
+
+    input_kind = "encoded"  # EncodedImage, tensor and PIL all work; bytes allow reduced decoding
+
+    def __init__(
+        self,
+        *,
+        normalize: bool = True,
+        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+        std: Sequence[float] = IMAGENET_DEFAULT_STD,
+        reduced_decode: bool = True,
+    ) -> None:
         self.reduced_decode = reduced_decode
-        self.input_kind = "encoded"  # EncodedImage, tensor and PIL all work; bytes allow reduced decoding
         self.normalize = normalize
         self.mean, self.std = tuple(mean), tuple(std)
         self._normalize = Uint8Normalize(mean, std)
@@ -172,20 +185,14 @@ class _TensorTransform:
 
 
 class PretrainTransform(_TensorTransform):
-    """RandomResizedCrop (bicubic) + RandomHorizontalFlip + normalise: [3, size, size]."""
+    """RandomResizedCrop (bicubic) + RandomHorizontalFlip + normalise: [3, size, size].
 
-    def __init__(
-        self,
-        size: int,
-        scale: Sequence[float] = (0.2, 1.0),
-        ratio: Sequence[float] = (3 / 4, 4 / 3),
-        hflip: float = 0.5,
-        normalize: bool = True,
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        reduced_decode: bool = True,
-    ) -> None:
-        super().__init__(normalize, mean, std, reduced_decode)
+    ``options``: normalize, mean, std, reduced_decode (see :class:`_TensorTransform`).
+    """
+
+    def __init__(self, size: int, scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 hflip: float = 0.5, **options: Any) -> None:
+        super().__init__(**options)
         self.size, self.scale, self.ratio, self.hflip = int(size), tuple(scale), tuple(ratio), float(hflip)
 
     def crops(self, img: Image.Image | torch.Tensor | EncodedImage, n: int) -> list[torch.Tensor]:
@@ -224,7 +231,8 @@ class MultiCropTransform(PretrainTransform):
     AdPE's MAE+ recipe: 4 crops of 112 px, scale (0.08, 1.0), each flipped at random.
     """
 
-    def __init__(self, num_crops: int = 4, size: int = 112, scale: Sequence[float] = (0.08, 1.0), **kwargs) -> None:
+    def __init__(self, num_crops: int = 4, size: int = 112, scale: Sequence[float] = (0.08, 1.0),
+                 **kwargs: Any) -> None:
         super().__init__(size, scale, **kwargs)
         self.num_crops = int(num_crops)
 
@@ -236,18 +244,13 @@ class MultiCropTransform(PretrainTransform):
 
 
 class EvalTransform(_TensorTransform):
-    """Resize the short side to int(size / crop_pct) (bicubic), centre crop ``size``, normalise."""
+    """Resize the short side to int(size / crop_pct) (bicubic), centre crop ``size``, normalise.
 
-    def __init__(
-        self,
-        size: int,
-        crop_pct: float = DEFAULT_CROP_PCT,
-        normalize: bool = True,
-        mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-        std: Sequence[float] = IMAGENET_DEFAULT_STD,
-        reduced_decode: bool = True,
-    ) -> None:
-        super().__init__(normalize, mean, std, reduced_decode)
+    ``options``: normalize, mean, std, reduced_decode (see :class:`_TensorTransform`).
+    """
+
+    def __init__(self, size: int, crop_pct: float = DEFAULT_CROP_PCT, **options: Any) -> None:
+        super().__init__(**options)
         self.size, self.crop_pct = int(size), float(crop_pct)
         self.resize_to = int(self.size / self.crop_pct)
 

@@ -1,12 +1,12 @@
 """Masks as a function of (seed, epoch, sample index): the same whatever the world size, workers or restarts.
 
 MAE and DropPos mask an image by drawing uniform noise per patch and keeping the
-patches with the smallest values (``pretrain.models.masking.random_keep``). Drawn
+patches with the smallest values (``pretrain.models.masking.keep_from_noise``). Drawn
 from one generator per process, a sample's mask depends on the rank and on its
 position in the batch: a 2 x b run and a 1 x 2b run see different masks, and a
 resumed run has to restore the generator. Here the data pipeline draws each
 sample's noise from a generator seeded by (seed, epoch, index) and appends it to
-the sample; the training step turns it into masks with the same argsort rule.
+the sample; the method turns it into masks (``PretrainMethod.masks_from_noise``).
 """
 from __future__ import annotations
 
@@ -65,10 +65,3 @@ class MaskNoiseDataset(Dataset):
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
-
-def keep_from_noise(noise: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``random_keep`` with given noise [B, L]: ids_keep [B, keep] and mask [B, L] (True = removed)."""
-    ids_keep = torch.argsort(noise, dim=1)[:, :keep]
-    mask = torch.ones(noise.shape, dtype=torch.bool, device=noise.device)
-    mask.scatter_(1, ids_keep, 0)
-    return ids_keep, mask

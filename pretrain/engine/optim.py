@@ -4,14 +4,6 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import torch
-import torch.nn as nn
-from timm.optim import param_groups_weight_decay
-
-
-def no_weight_decay_names(model: nn.Module) -> set[str]:
-    """Names the model asks to keep out of weight decay (pos_embed, cls token, mask tokens...)."""
-    fn = getattr(model, "no_weight_decay", None)
-    return set(fn()) if callable(fn) else set()
 
 
 def build_adamw(
@@ -29,11 +21,6 @@ def build_adamw(
         except (RuntimeError, TypeError, ValueError):
             pass
     return torch.optim.AdamW(params, foreach=True, **kwargs)
-
-
-def pretrain_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Two groups: decayed weights, and biases / norms / 1-D params / no_weight_decay names."""
-    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay_names(model))
 
 
 @torch.no_grad()

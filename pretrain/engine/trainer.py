@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -22,6 +22,7 @@ from . import distributed as du
 from ..weights import CheckpointError
 from .run_checkpoints import CheckpointManager, rng_state, set_rng_state
 from .guard import NonFiniteGuard
+from .hooks import Hook
 from .logger import MeanMeter, RunLogger
 from .optim import clip_gradients
 from .schedule import set_learning_rate
@@ -77,6 +78,8 @@ class Trainer:
         step_fn: computes the MethodOutput for one batch.
         cfg: loop settings.
         checkpoints: where to save; ``extra_state`` adds items (config, method).
+        hooks: :class:`~pretrain.engine.hooks.Hook` s called before / after each optimizer
+            step and after each epoch (method schedules, EMA, evaluation).
         generators: per-process random generators (e.g. a mask generator) saved and
             restored per rank, like the global RNGs.
         rank_extra: per-process values (counters) saved per rank; after a resume the
@@ -97,23 +100,18 @@ class Trainer:
         logger: RunLogger,
         extra_state: Callable[[], dict[str, Any]] | None = None,
         scaler: torch.amp.GradScaler | None = None,
-        after_step: Callable[[], None] | None = None,
+        hooks: Sequence[Hook] = (),
         generators: dict[str, torch.Generator] | None = None,
         rank_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
-        self.model = model
-        self.optimizer = optimizer
-        self.loader = loader
-        self.sampler = sampler
-        self.step_fn = step_fn
-        self.cfg = cfg
-        self.device = device
+        self.model, self.optimizer, self.loader, self.sampler = model, optimizer, loader, sampler
+        self.step_fn, self.cfg, self.device = step_fn, cfg, device
         self.precision = precision
         self.checkpoints = checkpoints
         self.logger = logger
         self.extra_state = extra_state or (lambda: {})
         self.scaler = scaler
-        self.after_step = after_step
+        self.hooks = list(hooks)
         self.state = TrainState()
         self.guard = NonFiniteGuard(device)
         self.iters_per_epoch = len(sampler) // self._batch_size()
@@ -213,10 +211,13 @@ class Trainer:
             if self._done():
                 break
             self.train_one_epoch()
-            if self.state.iter_in_epoch >= self.iters_per_epoch:  # epoch finished
-                self.state.epoch += 1
-                self.state.iter_in_epoch = 0
-                self.save()
+            if self.state.iter_in_epoch < self.iters_per_epoch:  # stopped mid-epoch (max_steps)
+                break
+            self.state.epoch += 1
+            self.state.iter_in_epoch = 0
+            for hook in self.hooks:
+                hook.after_epoch(self)
+            self.save()
         return self.state
 
     def _done(self) -> bool:
@@ -255,9 +256,8 @@ class Trainer:
             if i % accum == 0:
                 lr = set_learning_rate(self.optimizer, epoch_f, cfg.lr, cfg.warmup_epochs, cfg.epochs, cfg.min_lr)
                 self._lr = lr
-                set_progress = getattr(self.unwrapped, "set_progress", None)
-                if set_progress is not None:
-                    set_progress(epoch_f, cfg.epochs)
+                for hook in self.hooks:
+                    hook.before_step(self, epoch_f)
             boundary = (i + 1) % accum == 0
             out, grad_norm = self.train_step(batch, boundary)
             if boundary:
@@ -320,8 +320,8 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.after_step is not None:
-                self.after_step()
+            for hook in self.hooks:
+                hook.after_step(self)
         return out, grad_norm
 
     def _log(self, meter: MeanMeter, lr: float, seen: int, t0: float, bar) -> None:

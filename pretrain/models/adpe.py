@@ -35,18 +35,19 @@ the MAE+ baselines) once the ``encoder.`` prefix is removed.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .mae import build_pixel_decoder, normalized_pixel_targets
-from .masking import num_kept, random_keep
-from .method import MethodOutput
+from .mae import PixelLoss, build_pixel_decoder
+from .masking import keep_from_noise, num_kept
+from .method import MethodOutput, PretrainMethod, encoder_from_config
 from .pos_embed import grid_coords, sincos_2d
-from .relpos import RelPosBlock, rel_pos_modules
-from .vit import VisionTransformer, create_vit, init_linear_and_norm
+from .registry import register_method
+from .relpos import ContextualRelPosBlock, rel_pos_modules
+from .vit import VisionTransformer, init_linear_and_norm
 
 POS_MODES = ("abs", "rel")
 ADVERSARIES = ("none", "embed", "coord")
@@ -74,7 +75,8 @@ def project_(params: list[torch.Tensor], kind: str, eps: float) -> None:
             raise ValueError(f"unknown projection {kind!r}; choose one of {PROJECTIONS}")
 
 
-class AdPE(nn.Module):
+@register_method("adpe")
+class AdPE(PixelLoss, PretrainMethod):
     """MAE+ with optional adversarial positions around the suite's ViT.
 
     Args:
@@ -86,6 +88,9 @@ class AdPE(nn.Module):
         norm_pix_loss: regress per-patch normalised pixels.
         projection: 'none', 'l2' or 'linf' ball for the adversary after each step.
         eps: the ball's radius.
+        num_crops, crop_scale: random crops per image (``model.img_size`` px) and their scale.
+        adv_blr, adv_lr: adversary lr, ``adv_lr`` or ``adv_blr * total_batch / 256``.
+        adv_weight_decay: weight decay of the adversary's group.
     """
 
     def __init__(
@@ -100,6 +105,11 @@ class AdPE(nn.Module):
         norm_pix_loss: bool = True,
         projection: str = "none",
         eps: float = 1.0,
+        num_crops: int = 4,
+        crop_scale: Sequence[float] = (0.08, 1.0),
+        adv_blr: float = 1.5e-4,
+        adv_lr: float | None = None,
+        adv_weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         if pos not in POS_MODES:
@@ -109,15 +119,15 @@ class AdPE(nn.Module):
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}; choose one of {PROJECTIONS}")
         self.rel = pos == "rel"
-        if self.rel != all(isinstance(b, RelPosBlock) for b in encoder.blocks):
+        if self.rel != all(isinstance(b, ContextualRelPosBlock) for b in encoder.blocks):
             raise ValueError(f"pos={pos!r} needs an encoder built with create_vit(..., rel_pos={self.rel})")
-        self.encoder = encoder
-        self.pos = pos
-        self.adversary = adversary
-        self.mask_ratio = mask_ratio
-        self.norm_pix_loss = norm_pix_loss
-        self.projection = projection
-        self.eps = float(eps)
+        self.encoder, self.pos, self.adversary, self.mask_ratio = encoder, pos, adversary, mask_ratio
+        self.norm_pix_loss, self.projection, self.eps = norm_pix_loss, projection, float(eps)
+        self.num_crops = int(num_crops)
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.adv_blr = float(adv_blr)
+        self.adv_lr = None if adv_lr is None else float(adv_lr)
+        self.adv_weight_decay = float(adv_weight_decay)
         self.patch = encoder.patch_embed.patch_size[0]
         self.num_visible = num_kept(encoder.num_patches, mask_ratio)
         dim = encoder.embed_dim
@@ -131,7 +141,7 @@ class AdPE(nn.Module):
             self.adv_token = nn.Parameter(torch.zeros(2))  # (x = col, y = row) shift of masked positions
         build_pixel_decoder(
             self, dim, encoder.grid_size, self.patch, decoder_dim, decoder_depth, decoder_heads,
-            block_fn=RelPosBlock if self.rel else Block,
+            block_fn=ContextualRelPosBlock if self.rel else Block,
         )
         if self.rel and adversary != "none":
             for rpe in rel_pos_modules(self.encoder) + rel_pos_modules(self.decoder_blocks):
@@ -157,29 +167,33 @@ class AdPE(nn.Module):
                 if hasattr(rpe, name):
                     nn.init.zeros_(getattr(rpe, name))
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> "AdPE":
+        """AdPE / MAE+ from a run config; ``adpe.pos='rel'`` builds a relative-position ViT."""
+        a = dict(cfg.adpe)
+        for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS)):
+            if a[key] not in allowed:
+                raise ValueError(f"config key 'adpe.{key}' must be one of {allowed}, got {a[key]!r}")
+        return cls(encoder_from_config(cfg.model, rel_pos=a["pos"] == "rel"), **a)
+
     def no_weight_decay(self) -> set[str]:
-        names = {"encoder." + k for k in self.encoder.no_weight_decay()}
-        return names | ({"mask_token"} if hasattr(self, "mask_token") else set())
+        return super().no_weight_decay() | ({"mask_token"} if hasattr(self, "mask_token") else set())
 
     def adversarial_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """(name, parameter) of the adversary; empty for MAE+."""
         return [(n, p) for n, p in self.named_parameters() if is_adversarial(n)]
 
-    def param_groups(
-        self,
-        weight_decay: float,
-        lr: float,
-        cfg: Any = None,
-        adv_lr: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Optimizer groups: decayed weights, undecayed (biases, norms, 1-D, no_weight_decay),
-        and the adversary with lr = base_lr = -adv_lr and no weight decay.
+    def adversary_lr(self, total_batch: int) -> float:
+        """Absolute adversary lr: ``adv_lr`` or ``adv_blr * total_batch / 256`` (the main lr's rule)."""
+        return self.adv_lr if self.adv_lr is not None else self.adv_blr * total_batch / 256
 
-        ``adv_lr`` defaults to ``cfg.adpe.adv_lr`` or ``cfg.adpe.adv_blr * total_batch / 256``
-        (total_batch = batch_size * accum_iter * world size, the rule of the main lr).
+    def param_groups(self, weight_decay: float, lr: float, total_batch: int) -> list[dict[str, Any]]:
+        """Optimizer groups: decayed weights, undecayed (biases, norms, 1-D, no_weight_decay),
+        and the adversary with lr = base_lr = -adversary_lr(total_batch) and ``adv_weight_decay``.
+
+        total_batch = batch_size * accum_iter * world size.
         """
-        if adv_lr is None:
-            adv_lr = adversary_lr(cfg) if cfg is not None else lr
+        adv_lr = self.adversary_lr(total_batch)
         skip = self.no_weight_decay()
         decay, no_decay, adv = [], [], []
         for name, p in self.named_parameters():
@@ -193,8 +207,7 @@ class AdPE(nn.Module):
                 decay.append(p)
         groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
         if adv:
-            wd = float(cfg.adpe.adv_weight_decay) if cfg is not None else 0.0
-            groups.append({"params": adv, "weight_decay": wd, "lr": -adv_lr, "base_lr": -adv_lr, "adversary": True})
+            groups.append({"params": adv, "weight_decay": self.adv_weight_decay, "lr": -adv_lr, "base_lr": -adv_lr, "adversary": True})
         return groups
 
     def after_optimizer_step(self) -> None:
@@ -203,10 +216,12 @@ class AdPE(nn.Module):
             project_([p for _, p in self.adversarial_parameters()], self.projection, self.eps)
 
     # ----------------------------------------------------------------- masks and positions
-    def sample_mask(self, batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        """[B, N] bool, True where a patch is masked (independent per sample)."""
-        _, mask = random_keep(batch, self.encoder.num_patches, self.num_visible, generator, device)
-        return mask
+    def mask_noise_lengths(self) -> tuple[int]:
+        return (self.encoder.num_patches,)
+
+    def masks_from_noise(self, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+        """[B, N] bool, True where a patch is masked (independent per sample, one row per crop)."""
+        return keep_from_noise(noise[0], self.num_visible)[1]
 
     def shifted_pos_embed(self) -> torch.Tensor:
         """Sin-cos PE of every cell moved by the coordinate adversary: [1, N, D] (float32).
@@ -255,72 +270,21 @@ class AdPE(nn.Module):
     def forward(
         self,
         imgs: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MethodOutput:
-        """imgs [B, 3, H, W] (crops already flattened into B) -> masked-patch MSE."""
-        if mask is None:
-            mask = self.sample_mask(imgs.shape[0], generator, imgs.device)
+        """imgs [B, 3, H, W] (crops already flattened into B), masks [B, N] bool -> masked-patch MSE."""
+        mask = self.sample_masks(imgs.shape[0], generator, imgs.device) if masks is None else masks
         x = self.embed(imgs, mask)
         query_mask = None
         if self.rel and self.adversary != "none":
             query_mask = torch.cat([mask.new_zeros(mask.shape[0], 1), mask], dim=1)  # cls is never masked
         latent = self.forward_encoder(x, query_mask)
         pred = self.forward_decoder(latent, query_mask)
-        target = normalized_pixel_targets(imgs.float(), self.patch, self.norm_pix_loss)
-        per_patch = (pred.float() - target).square().mean(-1)  # [B, N]
-        m = mask.float()
-        loss = (per_patch * m).sum() / m.sum()
+        loss = self.forward_loss(imgs, pred, mask)
         metrics = {"loss": loss.detach()}
         adv = [p for _, p in self.adversarial_parameters()]
         if adv:
             with torch.no_grad():
                 metrics["adv_norm"] = torch.linalg.vector_norm(torch.cat([p.detach().float().flatten() for p in adv]))
         return MethodOutput(loss=loss, metrics=metrics, outputs={"pred": pred, "mask": mask})
-
-
-# --------------------------------------------------------------------------- config glue
-def adversary_lr(cfg: Any) -> float:
-    """Absolute adversary lr: ``adpe.adv_lr`` or ``adpe.adv_blr * total_batch / 256``."""
-    a = cfg.adpe
-    if a.get("adv_lr") is not None:
-        return float(a.adv_lr)
-    from ..engine.distributed import get_world_size
-
-    total_batch = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * get_world_size()
-    return float(a.adv_blr) * total_batch / 256
-
-
-def build_adpe(encoder: VisionTransformer | None, cfg: Any) -> AdPE:
-    """AdPE / MAE+ from a run config (``cfg.adpe``); builds a relative-position encoder if asked.
-
-    ``encoder`` is used as given for ``adpe.pos='abs'``; for 'rel' a relative-position
-    ViT of the same size replaces a plain one.
-    """
-    a = cfg.adpe
-    for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS)):
-        if a[key] not in allowed:
-            from ..engine.config import ConfigError
-
-            raise ConfigError(f"config key 'adpe.{key}' must be one of {allowed}, got {a[key]!r}")
-    rel = a.pos == "rel"
-    if encoder is None or rel != all(isinstance(b, RelPosBlock) for b in encoder.blocks):
-        encoder = create_vit(
-            cfg.model.size,
-            rel_pos=rel,
-            img_size=cfg.model.img_size,
-            patch_size=cfg.model.patch_size,
-            drop_path_rate=cfg.model.drop_path,
-        )
-    return AdPE(
-        encoder,
-        pos=a.pos,
-        adversary=a.adversary,
-        mask_ratio=a.mask_ratio,
-        decoder_dim=a.decoder_dim,
-        decoder_depth=a.decoder_depth,
-        decoder_heads=a.decoder_heads,
-        norm_pix_loss=a.norm_pix_loss,
-        projection=a.projection,
-        eps=a.eps,
-    )

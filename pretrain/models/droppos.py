@@ -17,16 +17,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-from .masking import gather_tokens, num_kept, random_keep
-from .method import MethodOutput
+from .masking import gather_tokens, keep_from_noise, num_kept
+from .method import MethodOutput, PretrainMethod
 from .pos_embed import grid_coords
-from .vit import VisionTransformer, init_linear_and_norm
+from .registry import register_method
+from .vit import VisionTransformer
 
 SMOOTHING_MODES = ("paper", "reference")
 
@@ -94,7 +96,8 @@ def sigma_at(epoch: float, total_epochs: int, sigma0: float, decay: bool = True,
 
 
 # --------------------------------------------------------------------------- method
-class DropPos(nn.Module):
+@register_method("droppos")
+class DropPos(PretrainMethod):
     """DropPos pretraining around the suite's ViT.
 
     Args:
@@ -133,12 +136,8 @@ class DropPos(nn.Module):
         self.pos_drop_ratio = pos_drop_ratio
         self.num_visible = num_kept(encoder.num_patches, mask_ratio)
         self.num_pos_kept = num_kept(self.num_visible, pos_drop_ratio)
-        self.sigma0 = sigma
-        self.sigma_decay = sigma_decay
-        self.sigma_per_epoch = sigma_per_epoch
-        self.tau = tau
-        self.attentive = attentive
-        self.smoothing = smoothing
+        self.sigma0, self.sigma_decay, self.sigma_per_epoch = sigma, sigma_decay, sigma_per_epoch
+        self.tau, self.attentive, self.smoothing = tau, attentive, smoothing
         dim = encoder.embed_dim
         n = encoder.num_patches
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -160,10 +159,7 @@ class DropPos(nn.Module):
 
     # ----------------------------------------------------------------- setup
     def init_weights(self) -> None:
-        self.encoder.init_weights_mae()
-        nn.init.normal_(self.mask_pos_token, std=0.02)
-        for m in [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]:
-            m.apply(init_linear_and_norm)
+        self.init_reference(self.mask_pos_token)
 
     def _targets(self, sigma: float) -> torch.Tensor:
         img = self.encoder.patch_embed.img_size[1]
@@ -178,14 +174,17 @@ class DropPos(nn.Module):
             self._sigma_now = sigma
 
     def no_weight_decay(self) -> set[str]:
-        return {"encoder." + k for k in self.encoder.no_weight_decay()} | {"mask_pos_token"}
+        return super().no_weight_decay() | {"mask_pos_token"}
 
     # ----------------------------------------------------------------- masks
-    def sample_masks(self, batch: int, generator: torch.Generator | None = None, device=None) -> DropPosMasks:
-        """Draw patch and position masks, independent per sample."""
-        n = self.encoder.num_patches
-        ids_keep, _ = random_keep(batch, n, self.num_visible, generator, device)
-        pos_keep_ids, pos_dropped = random_keep(batch, self.num_visible, self.num_pos_kept, generator, device)
+    def mask_noise_lengths(self) -> tuple[int, int]:
+        """Patch noise over the N cells, then position noise over the V visible tokens."""
+        return (self.encoder.num_patches, self.num_visible)
+
+    def masks_from_noise(self, noise: Sequence[torch.Tensor]) -> DropPosMasks:
+        """Patch and position masks, independent per sample."""
+        ids_keep, _ = keep_from_noise(noise[0], self.num_visible)
+        _, pos_dropped = keep_from_noise(noise[1], self.num_pos_kept)
         return DropPosMasks(ids_keep=ids_keep, pos_dropped=pos_dropped)
 
     # ----------------------------------------------------------------- passes

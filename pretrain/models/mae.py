@@ -8,15 +8,17 @@ State-dict keys equal the reference model's once ``encoder.`` is removed.
 from __future__ import annotations
 
 from functools import partial
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-from .masking import gather_tokens, num_kept, random_keep
-from .method import MethodOutput
+from .masking import gather_tokens, keep_from_noise, num_kept
+from .method import MethodOutput, PretrainMethod
 from .pos_embed import build_sincos_pos_embed
-from .vit import VisionTransformer, init_linear_and_norm
+from .registry import register_method
+from .vit import VisionTransformer
 
 
 def patchify(imgs: torch.Tensor, patch: int) -> torch.Tensor:
@@ -47,6 +49,25 @@ def normalized_pixel_targets(imgs: torch.Tensor, patch: int, norm_pix: bool = Tr
     return target
 
 
+def masked_pixel_loss(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch: int, norm_pix: bool) -> torch.Tensor:
+    """Mean over masked patches of the per-patch pixel MSE (MAE's ``forward_loss``), in float32."""
+    target = normalized_pixel_targets(imgs.float(), patch, norm_pix)
+    per_patch = (pred.float() - target).square().mean(-1)  # [B, N]
+    m = mask.float()
+    return (per_patch * m).sum() / m.sum()
+
+
+class PixelLoss:
+    """``forward_loss`` of the pixel-reconstruction methods (MAE, MAE+ / AdPE); needs ``patch``, ``norm_pix_loss``."""
+
+    patch: int
+    norm_pix_loss: bool
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """MSE on (normalised) pixels of the masked patches: pred [B, N, p*p*3], mask [B, N] True = masked."""
+        return masked_pixel_loss(imgs, pred, mask, self.patch, self.norm_pix_loss)
+
+
 def build_pixel_decoder(
     owner: nn.Module,
     enc_dim: int,
@@ -69,7 +90,8 @@ def build_pixel_decoder(
     owner.decoder_pred = nn.Linear(dec_dim, patch * patch * in_chans)
 
 
-class MAE(nn.Module):
+@register_method("mae")
+class MAE(PixelLoss, PretrainMethod):
     """Masked autoencoder around the suite's ViT.
 
     Args:
@@ -99,16 +121,10 @@ class MAE(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        self.encoder.init_weights_mae()
-        nn.init.normal_(self.mask_token, std=0.02)
-        for m in [self.decoder_embed, self.decoder_blocks, self.decoder_norm, self.decoder_pred]:
-            m.apply(init_linear_and_norm)
-
-    def set_progress(self, epoch: float, total_epochs: int) -> None:  # no schedule of its own
-        pass
+        self.init_reference(self.mask_token)
 
     def no_weight_decay(self) -> set[str]:
-        return {"encoder." + k for k in self.encoder.no_weight_decay()} | {"mask_token"}
+        return super().no_weight_decay() | {"mask_token"}
 
     def forward_decoder(self, latent: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
         """latent [B, 1 + V, D] -> pixel predictions for all N patches [B, N, p*p*3]."""
@@ -124,25 +140,28 @@ class MAE(nn.Module):
         x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:]
 
+    def mask_noise_lengths(self) -> tuple[int]:
+        return (self.encoder.num_patches,)
+
+    def masks_from_noise(self, noise: Sequence[torch.Tensor]) -> torch.Tensor:
+        """ids_keep [B, V]: the visible patches."""
+        return keep_from_noise(noise[0], self.num_visible)[0]
+
     def forward(
         self,
         imgs: torch.Tensor,
-        ids_keep: torch.Tensor | None = None,
+        masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MethodOutput:
+        """imgs [B, 3, H, W], masks = ids_keep [B, V] (drawn from ``generator`` if None) -> pixel MSE."""
         b = imgs.shape[0]
         n = self.encoder.num_patches
-        if ids_keep is None:
-            ids_keep, mask = random_keep(b, n, self.num_visible, generator, imgs.device)
-        else:
-            mask = torch.ones(b, n, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, 0)
+        ids_keep = self.sample_masks(b, generator, imgs.device) if masks is None else masks
+        mask = torch.ones(b, n, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, 0)
         tokens = self.encoder.embed_patches(imgs) + self.encoder.pos_embed_patches()
         x = gather_tokens(tokens, ids_keep)
         x = torch.cat([self.encoder.cls_with_pos(b), x], dim=1)
         latent = self.encoder.forward_encoder_tokens(x)
         pred = self.forward_decoder(latent, ids_keep)
-        target = normalized_pixel_targets(imgs.float(), self.patch, self.norm_pix_loss)
-        per_patch = (pred.float() - target).square().mean(-1)  # [B, N]
-        m = mask.float()
-        loss = (per_patch * m).sum() / m.sum()
+        loss = self.forward_loss(imgs, pred, mask)
         return MethodOutput(loss=loss, metrics={"loss": loss.detach()}, outputs={"pred": pred, "mask": mask})

@@ -16,15 +16,18 @@ def num_kept(total: int, drop_ratio: float) -> int:
     return int(total * (1.0 - drop_ratio))
 
 
-def random_shuffle(
-    batch: int,
-    length: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """Independent random permutation of ``range(length)`` per sample: [B, L] int64."""
-    noise = torch.rand(batch, length, generator=generator, device=device)
-    return torch.argsort(noise, dim=1)
+def keep_from_noise(noise: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masking primitive: keep the ``keep`` items of smallest noise per sample.
+
+    noise [B, L] -> ids_keep [B, keep] (random order, as the reference) and mask
+    [B, L] bool, True where an item was removed. Every method's masks come from here,
+    whether the noise is drawn in the data pipeline (``engine.mask_noise``) or from a
+    generator (:func:`random_keep`).
+    """
+    ids_keep = torch.argsort(noise, dim=1)[:, :keep]
+    mask = torch.ones(noise.shape, dtype=torch.bool, device=noise.device)
+    mask.scatter_(1, ids_keep, 0)  # int 0 (= False): traceable by fvcore
+    return ids_keep, mask
 
 
 def random_keep(
@@ -34,17 +37,8 @@ def random_keep(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose ``keep`` of ``length`` items per sample.
-
-    Returns:
-        ids_keep: [B, keep] indices of the kept items (random order, as the reference).
-        mask: [B, L] bool, True where an item was removed.
-    """
-    ids_shuffle = random_shuffle(batch, length, generator, device)
-    ids_keep = ids_shuffle[:, :keep]
-    mask = torch.ones(batch, length, dtype=torch.bool, device=ids_shuffle.device)
-    mask.scatter_(1, ids_keep, 0)  # int 0 (= False): traceable by fvcore
-    return ids_keep, mask
+    """:func:`keep_from_noise` on uniform noise [B, L] drawn from ``generator``."""
+    return keep_from_noise(torch.rand(batch, length, generator=generator, device=device), keep)
 
 
 def gather_tokens(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

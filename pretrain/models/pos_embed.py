@@ -14,16 +14,6 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 
-def sincos_1d(pos: torch.Tensor, dim: int) -> torch.Tensor:
-    """Encode positions ``pos`` [...] into ``dim`` channels: [..., dim]."""
-    if dim % 2 != 0:
-        raise ValueError(f"sincos_1d needs an even dim, got {dim}")
-    omega = torch.arange(dim // 2, device=pos.device, dtype=torch.float64) / (dim / 2.0)
-    omega = 1.0 / (10000.0 ** omega)  # [dim/2]
-    out = pos.to(torch.float64).unsqueeze(-1) * omega  # [..., dim/2]
-    return torch.cat([out.sin(), out.cos()], dim=-1).to(pos.dtype if pos.is_floating_point() else torch.float32)
-
-
 def sincos_2d(coords: torch.Tensor, dim: int) -> torch.Tensor:
     """Differentiable 2-D sin-cos embedding of fractional (row, col) coordinates.
 

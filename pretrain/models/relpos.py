@@ -247,7 +247,7 @@ def infer_grid(length: int) -> tuple[tuple[int, int], int]:
     return (side, side), skip
 
 
-class RelPosAttention(Attention):
+class ContextualRelPosAttention(Attention):
     """timm Attention plus contextual relative position on keys (``rpe_k``).
 
     Keys are timm's (``qkv``, ``proj``) plus ``rpe_k.lookup_table_weight``. The grid
@@ -309,12 +309,12 @@ class RelPosAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-class RelPosBlock(Block):
-    """timm pre-norm Block whose attention is ``RelPosAttention``; passes ``query_mask`` on."""
+class ContextualRelPosBlock(Block):
+    """timm pre-norm Block whose attention is ``ContextualRelPosAttention``; passes ``query_mask`` on."""
 
-    def __init__(self, dim: int, num_heads: int, *args: Any, attn_layer: Any = RelPosAttention, **kwargs: Any) -> None:
-        if not (isinstance(attn_layer, type) and issubclass(attn_layer, RelPosAttention)):
-            attn_layer = RelPosAttention
+    def __init__(self, dim: int, num_heads: int, *args: Any, attn_layer: Any = ContextualRelPosAttention, **kwargs: Any) -> None:
+        if not (isinstance(attn_layer, type) and issubclass(attn_layer, ContextualRelPosAttention)):
+            attn_layer = ContextualRelPosAttention
         super().__init__(dim, num_heads, *args, attn_layer=attn_layer, **kwargs)
 
     def forward(

@@ -148,6 +148,25 @@ def init_linear_and_norm(m: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def vit_layer_id(name: str, num_layers: int, prefix: str = "") -> int:
+    """Depth of a ViT parameter for layer-wise lr decay (BEiT / MAE rule), by its timm name.
+
+    0 for the embeddings (``cls_token``, ``pos_embed``, ``patch_embed.*``), ``i + 1`` for
+    ``blocks.{i}.*`` and ``num_layers + 1`` for everything else (final norm, heads, necks).
+    ``prefix`` is where the ViT sits in a larger model (``"backbone.net."`` in ViTDet); a
+    name outside it counts as "everything else". The lr scale is then
+    ``decay ** (num_layers + 1 - layer_id)``.
+    """
+    if not name.startswith(prefix):
+        return num_layers + 1
+    name = name[len(prefix):]
+    if name in ("cls_token", "pos_embed") or name.startswith("patch_embed."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return num_layers + 1
+
+
 def create_vit(size: str = "base", rel_pos: bool = False, **kwargs: Any) -> VisionTransformer:
     """Build a ViT by size name ('tiny', 'small', 'base', 'large', 'huge').
 
@@ -160,8 +179,8 @@ def create_vit(size: str = "base", rel_pos: bool = False, **kwargs: Any) -> Visi
         raise ValueError(f"unknown ViT size {size!r}; choose one of {sorted(VIT_SIZES)}")
     args = dict(VIT_SIZES[size])
     if rel_pos:
-        from .relpos import RelPosAttention, RelPosBlock
+        from .relpos import ContextualRelPosAttention, ContextualRelPosBlock
 
-        args.update(block_fn=RelPosBlock, attn_layer=RelPosAttention)
+        args.update(block_fn=ContextualRelPosBlock, attn_layer=ContextualRelPosAttention)
     args.update(kwargs)
     return VisionTransformer(**args)

@@ -10,21 +10,12 @@ model = dict(
     backbone=dict(depth=12, patch_size=8, img_size=64, out_indices=(2, 5, 8, 11)),
     neck=dict(rescales=[2, 1, 0.5, 0.25]),
     test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(512, 128), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(512, 128), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
+# the parent's pipelines at short side 128 with 64 px crops
+train_pipeline = _base_.train_pipeline
+train_pipeline[2].scale = (512, 128)  # RandomResize, ratio range 0.75-1.5 kept
+train_pipeline[3].crop_size = crop_size  # RandomCrop
+test_pipeline = _base_.test_pipeline
+test_pipeline[1].scale = (512, 128)  # Resize
 train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader

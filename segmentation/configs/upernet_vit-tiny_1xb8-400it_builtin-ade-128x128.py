@@ -30,21 +30,14 @@ metainfo = dict(
     palette=[[110, 160, 230], [120, 100, 60], [205, 40, 35], [35, 70, 205], [235, 200, 35],
              [245, 130, 20], [130, 45, 170], [215, 45, 150], [35, 190, 200], [245, 150, 185],
              [45, 45, 55], [150, 215, 40]])
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='RandomResize', scale=(768, 192), ratio_range=(0.75, 1.5), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=crop_size, cat_max_ratio=0.75),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PhotoMetricDistortion'),
-    dict(type='PackSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(768, 192), keep_ratio=True),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
-    dict(type='PackSegInputs'),
-]
+# ADE20K's pipelines (_base_/datasets/ade20k.py) at this data's scale and crop
+train_pipeline = _base_.train_pipeline
+assert [t.type for t in train_pipeline[2:4]] == ['RandomResize', 'RandomCrop']
+train_pipeline[2].update(scale=(768, 192), ratio_range=(0.75, 1.5))
+train_pipeline[3].crop_size = crop_size
+test_pipeline = _base_.test_pipeline
+assert test_pipeline[1].type == 'Resize'
+test_pipeline[1].scale = (768, 192)
 builtin_dataset = dict(type='BaseSegDataset', data_root=data_root, metainfo=metainfo, img_suffix='.jpg',
                seg_map_suffix='.png', reduce_zero_label=True)
 train_dataloader = dict(

@@ -8,6 +8,7 @@ from detectron2.modeling.backbone.fpn import LastLevelMaxPool
 
 from detection.feature_pyramid import LayerNorm2d, SimpleFeaturePyramid
 from detection.windowed_vit import ViTDetEncoder
+from pretrain.models import vit
 
 model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
 
@@ -21,9 +22,7 @@ model.backbone = L(SimpleFeaturePyramid)(
         img_size=1024,  # 64 x 64 grid: sizes the global blocks' relative tables (127 rows)
         pretrain_img_size=224,  # the checkpoint's 197-row position table, resized per input
         patch_size=16,
-        embed_dim=768,
-        depth=12,
-        num_heads=12,
+        **vit.VIT_SIZES["base"],  # ViT-B: 768 wide, 12 blocks, 12 heads
         mlp_ratio=4.0,
         drop_path_rate=0.1,
         window_size=14,  # 14 x 14 windows (27-row relative tables)

@@ -45,15 +45,14 @@ train_dataloader = dict(
         reduce_zero_label=True,
         data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
         pipeline=train_pipeline))
+# validation: the training loader and dataset, one image at a time in order, on the
+# validation folders with the test pipeline
 val_dataloader = dict(
+    train_dataloader,
     batch_size=1,
-    num_workers=4,
-    persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
     dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        reduce_zero_label=True,
+        train_dataloader['dataset'],
         data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
         pipeline=test_pipeline))
 test_dataloader = val_dataloader

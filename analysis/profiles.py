@@ -1,0 +1,215 @@
+"""The profiles of the end-to-end run: which recipes, budgets and launchers each one uses.
+
+- ``demo``: the built-in data, ViT-Tiny with 8 px patches, one CPU process per stage,
+  the epochs and iterations of a quarter-hour budget; stages whose packages are missing
+  are marked.
+- ``vit_b_200ep``, ``vit_b_800ep``, ``vit_l_800ep``: the paper recipes on ImageNet-1K,
+  COCO and ADE20K, torchrun for the data-parallel stages and Detectron2's launcher for
+  detection (multi-node with ``--nnodes --node-rank --master-addr --master-port``).
+
+Each becomes a ``analysis.stages.Profile``, which ``build_stage_table`` turns into stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .stages import Profile
+
+# Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage. Measured CPU
+# time per method and stage (one thread): pretraining 1.4-3.2 min, fine-tuning 2.1, linear probe
+# 0.3, detection 1.7, segmentation 0.9, position probe 1.0. Detection needs ~300 iterations
+# (~7.5 CPU min per method, detection/README.md) before its AP leaves zero: raise it with
+# --detection-iters when there is time.
+DEMO = {
+    "finetune": ["train.epochs=3"],
+    "linear_probe": ["train.epochs=30"],
+    "detection_iters": 60,
+    "segmentation_iters": 60,
+    "probe_img_size": 64,
+    "probe_train_images": 600,
+}
+# profile -> backbone size and, per method, (pretraining recipe in pretrain/configs, overrides)
+PROFILES = {
+    "demo": {
+        "size": "tiny",
+        "pretrain": {
+            "droppos": ("droppos_vit_tiny_builtin.yaml", ["train.epochs=6"]),
+            "mae": ("mae_vit_tiny_builtin.yaml", ["train.epochs=6"]),
+            "adpe": ("adpe_vit_tiny_builtin.yaml", ["train.epochs=3"]),
+        },
+    },
+    "vit_b_200ep": {
+        "size": "base",
+        "pretrain": {
+            "droppos": ("droppos_vit_base_200ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", ["train.epochs=200"]),
+            "adpe": ("adpe_rel_coord_vit_base_400ep.yaml", ["train.epochs=200"]),
+        },
+    },
+    "vit_b_800ep": {
+        "size": "base",
+        "pretrain": {
+            "droppos": ("droppos_vit_base_800ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", []),
+            "adpe": ("adpe_rel_coord_vit_base_1600ep.yaml", ["train.epochs=800"]),
+        },
+    },
+    "vit_l_800ep": {
+        "size": "large",
+        "pretrain": {
+            "droppos": ("droppos_vit_large_800ep.yaml", []),
+            "mae": ("mae_vit_base_800ep.yaml", ["model.size=large"]),
+            "adpe": ("adpe_rel_coord_vit_large_1600ep.yaml", ["train.epochs=800"]),
+        },
+    },
+}
+# backbone size -> the transfer configs (finetune_rel: for AdPE's relative-position encoders)
+TRANSFER_CONFIGS = {
+    "tiny": {
+        "finetune": "finetune_vit_tiny_builtin.yaml",
+        "finetune_rel": "finetune_vit_tiny_builtin.yaml",
+        "linear_probe": "linear_probe_vit_tiny_builtin.yaml",
+        "detection": "mask_rcnn_vitdet_tiny_builtin.py",
+        "segmentation": "upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py",
+    },
+    "base": {
+        "finetune": "finetune_vit_base_100ep.yaml",
+        "finetune_rel": "finetune_vit_base_relpos.yaml",
+        "linear_probe": "linear_probe_vit_base.yaml",
+        "detection": "mask_rcnn_vitdet_b_100ep.py",
+        "segmentation": "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py",
+    },
+    "large": {
+        "finetune": "finetune_vit_large_50ep.yaml",
+        "finetune_rel": "finetune_vit_large_50ep.yaml",
+        "linear_probe": "linear_probe_vit_large.yaml",
+        "detection": "mask_rcnn_vitdet_l_100ep.py",
+        "segmentation": "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py",
+    },
+}
+
+
+def detection_budget(iters: int, data: Path) -> list[str]:
+    """Detectron2 overrides of the demo: ``iters`` iterations (schedule scaled to them) on the built-in COCO."""
+    return [
+        f"train.max_iter={iters}",
+        f"train.eval_period={iters}",
+        f"train.checkpointer.period={iters}",
+        "train.log_period=10",
+        f"lr_multiplier.scheduler.num_updates={iters}",
+        f"lr_multiplier.scheduler.milestones=[{int(iters * 0.889)}, {int(iters * 0.963)}]",
+        f"lr_multiplier.warmup_length={min(25, iters // 4) / iters:.4f}",
+        f"dataloader.train.dataset.names.root={data}",
+        f"dataloader.test.dataset.names.root={data}",
+        f"dataloader.evaluator.dataset_name.root={data}",
+        # a few dozen iterations leave most scores under Detectron2's 0.05 default:
+        # keep them, so that AP is defined
+        "model.roi_heads.box_predictor.test_score_thresh=0.001",
+    ]
+
+
+def segmentation_budget(iters: int) -> list[str]:
+    """MMEngine ``--cfg-options`` of the demo: ``iters`` iterations, a tenth of them warm-up."""
+    warmup = max(iters // 10, 1)
+    return [
+        f"train_cfg.max_iters={iters}",
+        f"train_cfg.val_interval={iters}",
+        f"param_scheduler.0.end={warmup}",
+        f"param_scheduler.1.begin={warmup}",
+        f"param_scheduler.1.end={iters}",
+        f"default_hooks.checkpoint.interval={iters}",
+        "default_hooks.logger.interval=10",
+    ]
+
+
+def demo_profile(
+    data: Path, workers: int, detection_iters: int | None = None, segmentation_iters: int | None = None
+) -> Profile:
+    """The CPU demo on the built-in data at ``data`` (iterations: the DEMO budget unless given)."""
+    spec = PROFILES["demo"]
+    return Profile(
+        name="demo",
+        python=[sys.executable],
+        parallel=[sys.executable],
+        imagenet=str(data / "imagenet"),
+        probe_data=str(data),
+        ade=data / "ade20k" / "ADEChallengeData2016",
+        pretrain=spec["pretrain"],
+        configs=TRANSFER_CONFIGS[spec["size"]],
+        train_flags=[
+            "data.builtin=true",
+            f"data.num_workers={workers}",
+            "train.progress=false",
+            "train.tensorboard=false",
+        ],
+        overrides={
+            "finetune": DEMO["finetune"],
+            "linear_probe": DEMO["linear_probe"],
+            "detection": detection_budget(detection_iters or DEMO["detection_iters"], data),
+            "segmentation": segmentation_budget(segmentation_iters or DEMO["segmentation_iters"]),
+        },
+        probe_flags=[
+            "--img-size",
+            str(DEMO["probe_img_size"]),
+            "--num-workers",
+            "0",
+            "--train-images",
+            str(DEMO["probe_train_images"]),
+        ],
+        check=True,
+    )
+
+
+def torchrun(args: argparse.Namespace) -> list[str]:
+    """``torchrun`` with ``--gpus`` processes per node (and the rendezvous of a multi-node run)."""
+    cmd = ["torchrun", f"--nproc_per_node={args.gpus}"]
+    if args.nnodes > 1:
+        cmd += [
+            f"--nnodes={args.nnodes}",
+            f"--node_rank={args.node_rank}",
+            f"--master_addr={args.master_addr}",
+            f"--master_port={args.master_port}",
+        ]
+    return cmd
+
+
+def paper_profile(name: str, args: argparse.Namespace) -> Profile:
+    """A paper-scale profile on ImageNet-1K (``--imagenet``), COCO (``--coco``) and ADE20K (``--ade20k``)."""
+    spec = PROFILES[name]
+    detection = ["--num-gpus", str(args.gpus)]
+    if args.nnodes > 1:
+        detection += [
+            "--num-machines",
+            str(args.nnodes),
+            "--machine-rank",
+            str(args.node_rank),
+            "--dist-url",
+            f"tcp://{args.master_addr}:{args.master_port}",
+        ]
+    ade = Path(args.ade20k)
+    if not str(args.ade20k).endswith("ADEChallengeData2016"):
+        ade = ade / "ADEChallengeData2016"
+    return Profile(
+        name=name,
+        python=["python"],
+        parallel=torchrun(args),
+        imagenet=str(args.imagenet),
+        probe_data=str(args.imagenet),
+        ade=ade,
+        pretrain=spec["pretrain"],
+        configs=TRANSFER_CONFIGS[spec["size"]],
+        detection_flags=detection,
+        segmentation_flags=["--launcher", "pytorch"],
+        probe_flags=["--img-size", "224"],
+        env={"detection": {"DETECTRON2_DATASETS": str(args.coco)}},
+    )
+
+
+def profile_from_args(args: argparse.Namespace) -> Profile:
+    """The profile ``python -m analysis.reproduce`` was asked for."""
+    if args.profile == "demo":
+        return demo_profile(Path(args.data), args.workers, args.detection_iters, args.segmentation_iters)
+    return paper_profile(args.profile, args)

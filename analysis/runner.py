@@ -1,0 +1,221 @@
+"""Running the stages of the end-to-end run: one process each, skipped once done, status recorded.
+
+A stage whose metrics file exists is not run again (so an interrupted run continues where
+it stopped); one whose packages are missing, or whose input an earlier stage did not
+write, is skipped with the reason. Each process's output goes to
+``<out>/<method>/logs/<stage>.log``; status, wall and CPU time to
+``<out>/<method>/stage_status.json``. Up to ``jobs`` stages run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from pretrain.atomic import atomic_write_text
+
+from .stages import ROOT, Stage
+
+STATUS_FILE = "stage_status.json"
+_STATUS_LOCK = threading.Lock()
+_PRINT_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------- status
+def read_status(run_dir: Path) -> dict:
+    """The stage -> status record map of one method's run ({} when absent or unreadable)."""
+    path = run_dir / STATUS_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def write_status(run_dir: Path, stage: str, record: dict) -> None:
+    """Set one stage's record in the run's status file."""
+    with _STATUS_LOCK:  # stages of one run may finish at the same time (--jobs)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        status = read_status(run_dir)
+        status[stage] = record
+        atomic_write_text(run_dir / STATUS_FILE, json.dumps(status, indent=2) + "\n")
+
+
+def _say(message: str) -> None:
+    """One whole line to stdout (stages running side by side print from threads)."""
+    with _PRINT_LOCK:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+
+def _settle(stage: Stage, out: Path, record: dict, message: str) -> dict:
+    """Report a stage's outcome and record it in its run's status file."""
+    _say(f"[reproduce] {stage.method}/{stage.name}: {message}")
+    write_status(out / stage.method, stage.name, record)
+    return record
+
+
+def headline(stage: Stage) -> str:
+    """One line of the stage's headline numbers from its metrics file."""
+    try:
+        m = json.loads(stage.metrics.read_text())
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not isinstance(m, dict):
+        return ""
+    if stage.name == "pretrain":
+        final = m.get("final", {})
+        return ", ".join(
+            f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, (int, float)) and k in ("loss", "pos_acc")
+        )
+    if stage.name in ("finetune", "linear_probe"):
+        return f"top-1 {m.get('top1', float('nan')):.2f}%"
+    if stage.name == "detection":
+        return f"AP box {m.get('bbox_AP')}, AP mask {m.get('segm_AP')}"
+    if stage.name == "segmentation":
+        return f"mIoU {m.get('mIoU')}"
+    if stage.name == "position_probe":
+        return "; ".join(f"drop {r['drop_ratio']:g}: {100 * r['top1']:.1f}%" for r in m.get("results", []))
+    return ""
+
+
+# --------------------------------------------------------------------------- one stage
+def _wait_with_cpu(proc: subprocess.Popen) -> tuple[int, float]:
+    """Reap ``proc``: (exit code, user + system CPU seconds of it and its reaped children).
+
+    The CPU time says what a stage costs whatever else the machine runs; ``wait4`` reads it
+    for this child alone, so stages running side by side are told apart.
+    """
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_utime + usage.ru_stime
+
+
+def _run_process(
+    stage: Stage, log: Path, env: dict[str, str], verbose: bool, timeout: float | None
+) -> tuple[int | str, float]:
+    """Run the stage's command with its output in ``log``: (exit code or why it was stopped, CPU seconds)."""
+    tag = f"{stage.method}/{stage.name}"
+    timed_out = threading.Event()
+    rc: int | str
+    with open(log, "w") as f:
+        f.write("$ " + stage.shell() + "\n")
+        f.flush()
+        proc = subprocess.Popen(
+            stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        watchdog = None
+        if timeout is not None:
+            watchdog = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+            watchdog.start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                f.write(line)
+                f.flush()
+                if verbose:
+                    _say(f"  [{tag}] {line.rstrip()}")
+            rc, cpu = _wait_with_cpu(proc)
+        except KeyboardInterrupt:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+    if timed_out.is_set():
+        rc = f"stopped after --stage-timeout {timeout:g} s"
+    return rc, cpu
+
+
+def run_stage(
+    stage: Stage,
+    out: Path,
+    verbose: bool = False,
+    timeout: float | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> dict:
+    """Run (or skip) one stage; returns its status record (also saved in the run's stage_status.json)."""
+    run_dir = out / stage.method
+    if stage.metrics.is_file():
+        previous = read_status(run_dir).get(stage.name, {})
+        record = {
+            "status": "done",
+            "cached": True,
+            "wall_seconds": previous.get("wall_seconds"),
+            "cpu_seconds": previous.get("cpu_seconds"),
+            "metrics": str(stage.metrics),
+        }
+        return _settle(stage, out, record, f"done before ({stage.metrics}), skipped")
+    if stage.available:
+        record = {"status": "skipped", "reason": f"not available: {stage.available}"}
+        return _settle(stage, out, record, f"skipped (not available: {stage.available})")
+    missing = [p for p in stage.needs if not p.is_file()]
+    if missing:
+        record = {"status": "skipped", "reason": f"needs {missing[0]} (an earlier stage did not finish)"}
+        return _settle(stage, out, record, f"skipped (needs {missing[0]})")
+    log = run_dir / "logs" / f"{stage.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, **stage.env, **(env_extra or {}))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    _say(f"[reproduce] {stage.method}/{stage.name}: running (log: {log})")
+    t0 = time.time()
+    rc, cpu = _run_process(stage, log, env, verbose, timeout)
+    wall = time.time() - t0
+    if rc == 0 and stage.metrics.is_file():
+        record = {"status": "done", "wall_seconds": wall, "cpu_seconds": cpu, "metrics": str(stage.metrics)}
+        return _settle(
+            stage, out, record, f"done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {headline(stage)}"
+        )
+    tail = log.read_text().strip().splitlines()[-15:]
+    why = (rc if isinstance(rc, str) else f"exit code {rc}") if rc != 0 else f"no {stage.metrics.name} written"
+    record = {"status": "failed", "reason": why, "wall_seconds": wall, "cpu_seconds": cpu, "log": str(log)}
+    return _settle(
+        stage,
+        out,
+        record,
+        f"FAILED after {wall / 60:.1f} min ({why}); last lines of {log}:\n" + "\n".join(f"    {line}" for line in tail),
+    )
+
+
+# --------------------------------------------------------------------------- many stages
+def run_stages(
+    stages: list[Stage],
+    out: Path,
+    jobs: int = 1,
+    verbose: bool = False,
+    timeout: float | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> dict[tuple[str, str], dict]:
+    """Run stages in order, up to ``jobs`` at a time; a stage waits for the stage that writes what it needs."""
+    records: dict[tuple[str, str], dict] = {}
+    if jobs <= 1:
+        for s in stages:
+            records[(s.method, s.name)] = run_stage(s, out, verbose, timeout, env_extra)
+        return records
+    pending = list(stages)
+    running: dict[Future, Stage] = {}
+
+    def blocked(s: Stage) -> bool:
+        others = pending + list(running.values())
+        return any(p is not s and any(n.parent == p.metrics.parent for n in s.needs) for p in others)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for s in list(pending):
+                if len(running) >= jobs:
+                    break
+                if not blocked(s):
+                    pending.remove(s)
+                    running[pool.submit(run_stage, s, out, verbose, timeout, env_extra)] = s
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in done:
+                s = running.pop(fut)
+                records[(s.method, s.name)] = fut.result()
+    return records
