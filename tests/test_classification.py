@@ -1,5 +1,6 @@
 """Classification transfer: layer decay, mixup, checkpoint loading, pos_embed resizing, resume, linear probe."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +72,11 @@ def test_layer_decay_scales_and_no_weight_decay():
     assert scales["fc_norm.weight"] == (1.0, 0.0) and scales["fc_norm.bias"] == (1.0, 0.0)
     frozen = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, freeze_pos_embed=True)
     assert "pos_embed" not in lr_scale_of(layer_decay_param_groups(frozen, 0.05, d), frozen)
+    # token pooling keeps the final norm: MAE's rule puts it with the head (scale 1), not in the last block
+    token = build_classifier("tiny", num_classes=10, img_size=32, patch_size=8, global_pool="token")
+    token_scales = lr_scale_of(layer_decay_param_groups(token, 0.05, d), token)
+    assert token_scales["norm.weight"] == (1.0, 0.0)
+    assert token_scales["blocks.11.mlp.fc1.weight"] == (pytest.approx(d), 0.05)
 
 
 def test_lars_matches_mae_rule():
@@ -336,6 +342,37 @@ def test_linear_probe_cached_and_augmented(small_builtin, tmp_path):
     new = json.loads((out / "load_report.json").read_text())["new"]
     assert new == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert enc["blocks.0.attn.qkv.weight"].shape == (576, 192)
+
+
+def test_linear_probe_gets_pretrainings_resume_guarantees(small_builtin, tmp_path, capsys):
+    """The shared run skeleton: a corrupt newest checkpoint is moved aside, the log is cut back to the
+    checkpoint, a resume from an earlier file discards the newer timeline, and the losses equal an
+    uninterrupted run's."""
+    tiny_backbone(tmp_path / "backbone.pth")
+    opts = (f"checkpoint={tmp_path / 'backbone.pth'}", "probe.cache_features=true", "data.limit=48",
+            "train.save_every_steps=2", "train.keep_checkpoints=3")
+    full = tmp_path / "full"
+    probe_run(load_probe_config("linear_probe_vit_tiny_builtin.yaml", tiny_opts(small_builtin, full, *opts)))
+    part = tmp_path / "part"
+    probe_run(load_probe_config("linear_probe_vit_tiny_builtin.yaml",
+                                tiny_opts(small_builtin, part, *opts, "train.max_steps=6")))
+    (part / "checkpoint-00000006.pth").write_bytes(b"not a checkpoint")  # a write cut short
+    (part / ".checkpoint-00000008.pth.tmp123").write_bytes(b"partial")  # a killed writer's temp file
+    saved = tmp_path / "checkpoint-00000004.pth"
+    saved.write_bytes((part / "checkpoint-00000004.pth").read_bytes())
+    capsys.readouterr()
+    m = probe_run(load_probe_config("linear_probe_vit_tiny_builtin.yaml", tiny_opts(small_builtin, part, *opts)))
+    out = capsys.readouterr().out
+    assert "skipping unusable checkpoint" in out and (part / "checkpoint-00000006.pth.corrupt").is_file()
+    assert not (part / ".checkpoint-00000008.pth.tmp123").exists()
+    assert m["resumed_from"].endswith("checkpoint-00000004.pth") and re.search(r"dropped \d+ records after step 4", out)
+    torch.testing.assert_close(torch.tensor(train_losses(part)), torch.tensor(train_losses(full)), rtol=1e-5, atol=1e-6)
+    # an explicit resume from an earlier checkpoint: the later ones belong to another timeline
+    again = probe_run(load_probe_config("linear_probe_vit_tiny_builtin.yaml", tiny_opts(
+        small_builtin, part, *opts, f"train.resume={saved}")))
+    assert again["resumed_from"] == str(saved)
+    assert any(p.name.endswith(".discarded") for p in part.iterdir())
+    torch.testing.assert_close(torch.tensor(train_losses(part)), torch.tensor(train_losses(full)), rtol=1e-5, atol=1e-6)
 
 
 def test_cli_reports_a_missing_checkpoint(small_builtin, tmp_path, capsys):
