@@ -20,6 +20,7 @@ method feeds for a token without position:
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -79,6 +80,31 @@ class LoadedBackbone:
         return f"vit_d{m.embed_dim}_l{len(m.blocks)}_patch{m.patch_embed.patch_size[0]}_{self.img_size}"
 
 
+RANDOM_ARCH = re.compile(r"^vit_(?P<size>[a-z]+)_patch(?P<patch>\d+)_(?P<img>\d+)$")
+
+
+def random_backbone(arch: str, seed: int = 0, device: torch.device | str = "cpu") -> LoadedBackbone:
+    """A randomly initialised suite ViT (MAE's init, drawn from ``seed``): the scratch baseline.
+
+    ``arch`` names it as the other stages do, ``vit_<size>_patch<p>_<img>`` (e.g. vit_tiny_patch8_64);
+    dropped positions get zeros (a random network has no position token).
+    """
+    from pretrain.models.vit import create_vit
+
+    m = RANDOM_ARCH.match(arch)
+    if m is None or m["size"] not in VIT_SIZES:
+        raise ValueError(f"--random-arch {arch!r}: expected vit_<size>_patch<p>_<img> with size one of {sorted(VIT_SIZES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_vit(m["size"], img_size=int(m["img"]), patch_size=int(m["patch"]))
+        model.init_weights_mae()
+    model.requires_grad_(False).eval().to(device)
+    return LoadedBackbone(
+        model=model, method="scratch", source_format="random-init", position_token=torch.zeros(1, 1, model.embed_dim, device=device),
+        replacement="zero", path="none", extras={}, notes=[f"random initialisation (MAE's init, seed {seed})"],
+    )
+
+
 def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
     """ViT constructor arguments from timm-named encoder weights."""
     dim = (
@@ -116,6 +142,9 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
 def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
     fmt = detect_format(state)
     method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
+    card = ckpt.get("card")  # an export's card (pretrain.weight_card)
+    if method is None and isinstance(card, dict) and card.get("method") not in (None, "unknown"):
+        method = card["method"]
     cfg = ckpt.get("config")
     if method is None and isinstance(cfg, dict) and isinstance(cfg.get("method"), str):
         method = cfg["method"]
@@ -149,6 +178,31 @@ def build_vit(args: dict) -> VisionTransformer:
 
         args.update(block_fn=ContextualRelPosBlock, attn_layer=ContextualRelPosAttention)
     return VisionTransformer(num_classes=0, **args)
+
+
+# Relative-position tables of a fine-tuned backbone that the plain ViT has no place for.
+FOREIGN_TABLES = {
+    "blocks.*.attn.rel_pos_h": "decomposed relative tables (ViTDet) dropped: the plain ViT has none",
+    "blocks.*.attn.rel_pos_w": "decomposed relative tables (ViTDet) dropped: the plain ViT has none",
+    "blocks.*.attn.relative_position_bias_table": "relative bias tables (BEiT / UperNet) dropped: the plain ViT has none",
+}
+NEVER_IN_A_DETECTOR = ("cls_token", "norm.weight", "norm.bias")
+
+
+def finetuned_backbone_rules(encoder: dict[str, torch.Tensor], fmt: str, args: dict, notes: list[str]) -> LoadRules:
+    """Strict rules for the plain ViT; a detector's or segmentor's backbone may lack the cls token and the
+    final norm (a partial load asked for by name) and loses its relative tables (both noted)."""
+    hint = f"read off the weights as a plain ViT {args}"
+    if fmt not in ("detectron2", "mmengine", "mmseg-mae"):
+        return LoadRules(strict=True, allowed_new=frozenset(), hint=hint)
+    skip = {p: why for p, why in FOREIGN_TABLES.items() if any(fnmatch.fnmatchcase(k, p) for k in encoder)}
+    notes.extend(sorted(set(skip.values())))
+    if fmt == "detectron2":
+        notes.append("window attention of the detector's blocks is not kept: every block attends globally")
+    absent = tuple(k for k in NEVER_IN_A_DETECTOR if k not in encoder)
+    if absent:
+        notes.append(f"not in the {fmt} backbone, left at initialisation: {', '.join(absent)}")
+    return LoadRules(strict=True, allowed_new=frozenset(absent), skip=skip, partial=absent, hint=hint)
 
 
 def load_backbone(
@@ -205,8 +259,9 @@ def load_backbone(
         encoder[key] = torch.zeros_like(own[key])  # a model without qkv bias == zero bias
         if "qkv bias" not in " ".join(notes):
             notes.append("no qkv bias in the checkpoint: zero biases used")
-    # the model is built from the weights: every key must fit and nothing may stay new
-    rules = LoadRules(strict=True, allowed_new=frozenset(), hint=f"read off the weights as a plain ViT {args}")
+    # the model is built from the weights: every key must fit and nothing may stay new, except
+    # what a fine-tuned detector's / segmentor's backbone never had (named in the notes)
+    rules = finetuned_backbone_rules(encoder, fmt, args, notes)
     load_encoder_into(model, encoder, rules, str(path))
     model.requires_grad_(False).eval().to(device)
 

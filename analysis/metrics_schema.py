@@ -15,19 +15,25 @@ from typing import Any, Callable
 # file name -> the tasks it may hold
 METRIC_FILES = {
     "pretrain_metrics.json": ("pretrain",),
-    "classification_metrics.json": ("finetune", "linear_probe"),
+    "classification_metrics.json": ("finetune", "linear_probe", "attentive_probe"),
+    "knn_metrics.json": ("knn",),
+    "attentive_probe_metrics.json": ("attentive_probe",),
     "detection_metrics.json": ("coco_detection",),
     "segmentation_metrics.json": ("ade20k_segmentation",),
     "position_probe_metrics.json": ("position_probe",),
+    "finetuned_probe_metrics.json": ("finetuned_probe",),
 }
 # task -> the stage of the end-to-end run that writes it
 TASK_STAGES = {
     "pretrain": "pretrain",
     "finetune": "finetune",
     "linear_probe": "linear_probe",
+    "knn": "knn",
+    "attentive_probe": "attentive_probe",
     "coco_detection": "detection",
     "ade20k_segmentation": "segmentation",
     "position_probe": "position_probe",
+    "finetuned_probe": "finetuned_probe",
 }
 
 
@@ -75,6 +81,8 @@ def _check_classification(data: dict, path: Path) -> None:
 def _check_detection(data: dict, path: Path) -> None:
     for key in ("bbox_AP", "segm_AP"):
         _require(data, key, path, _is_num, "an AP in percent or null", nullable=True)
+    if "bbox_AP50" in data:
+        _require(data, "bbox_AP50", path, _is_num, "an AP50 in percent or null", nullable=True)
 
 
 def _check_segmentation(data: dict, path: Path) -> None:
@@ -95,13 +103,24 @@ def _check_position_probe(data: dict, path: Path) -> None:
                 raise MetricsError(f"{path}: key 'results[{i}].{key}' must be a fraction in [0, 1], got {r[key]!r}")
 
 
+def _check_finetuned_probe(data: dict, path: Path) -> None:
+    rows = _require(data, "rows", path, lambda v: isinstance(v, list) and len(v) > 0, "a non-empty list of rows")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "label" not in row:
+            raise MetricsError(f"{path}: rows[{i}] must be an object with a 'label'")
+        _check_position_probe(row, path)
+
+
 _CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "pretrain": _check_pretrain,
     "finetune": _check_classification,
     "linear_probe": _check_classification,
+    "knn": _check_classification,
+    "attentive_probe": _check_classification,
     "coco_detection": _check_detection,
     "ade20k_segmentation": _check_segmentation,
     "position_probe": _check_position_probe,
+    "finetuned_probe": _check_finetuned_probe,
 }
 
 

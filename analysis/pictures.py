@@ -33,6 +33,7 @@ from pathlib import Path
 
 from .attention_picture import attention_picture
 from .cli import run_command
+from .position_probe import with_bad_image_hint
 from .positions_picture import positions_picture
 from .probe_curves import plot_probe_curves
 from .smoothing_picture import plot_smoothing_targets
@@ -56,6 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         s.add_argument("--data", default=None, help="ImageFolder root or 'builtin'")
         s.add_argument("--index", type=int, default=0, help="which val image")
         s.add_argument("--label", default=None)
+        s.add_argument("--skip-bad", action="store_true",
+                       help="with --data: draw the next readable val image if this one cannot be read")
         s.add_argument("--out", default="outputs/pictures")
         if kind == "positions":
             s.add_argument("--mode", choices=["auto", "head", "probe"], default="auto")
@@ -75,8 +78,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def readable_index(data: str, index: int) -> int:
+    """The first val image of ``data`` from ``index`` on that decodes (each unreadable one is named)."""
+    from pretrain.data.imagefolder import BadImageError, ImageFolderDataset
+
+    from .position_probe import resolve_image_folder
+
+    ds = ImageFolderDataset(resolve_image_folder(data), split="val")
+    for k in range(len(ds)):
+        i = (index + k) % len(ds)
+        try:
+            ds[i]
+            return i
+        except BadImageError as exc:
+            print(f"[pictures] skipped unreadable val image #{i} ({exc})", flush=True)
+    raise ValueError(f"no readable image in the val split of {data}")
+
+
 def draw(args: argparse.Namespace) -> Path:
     """The picture the parsed options ask for."""
+    if getattr(args, "skip_bad", False) and args.image is None and args.data is not None:
+        args.index = readable_index(args.data, args.index)
     if args.kind == "positions":
         return positions_picture(
             args.checkpoint,
@@ -102,7 +124,8 @@ def draw(args: argparse.Namespace) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Draw one picture; 1 with the reason on stderr if the inputs do not allow it."""
     args = get_args_parser().parse_args(argv)
-    return run_command(lambda: f"[pictures] wrote {draw(args)}")
+    hint = "pass --skip-bad to draw the next readable image, or another --index / --image"
+    return run_command(with_bad_image_hint(lambda: f"[pictures] wrote {draw(args)}", hint))
 
 if __name__ == "__main__":
     sys.exit(main())

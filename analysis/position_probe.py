@@ -25,8 +25,10 @@ import json
 import math
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 
 from pretrain.atomic import atomic_write_text
 
-from .backbone import REPLACEMENTS, LoadedBackbone, load_backbone
+from .backbone import REPLACEMENTS, LoadedBackbone, load_backbone, random_backbone
 from .cli import run_command
 
 METRICS_FILE = "position_probe_metrics.json"
@@ -54,6 +56,7 @@ class ProbeSettings:
     tokens_per_image: int = 64  # at most this many probed tokens per image (0 = all)
     extract_batch: int = 128
     num_workers: int = 2
+    skip_bad: bool = False  # leave unreadable images out (listed in the metrics) instead of stopping
 
 
 # --------------------------------------------------------------------------- tokens
@@ -113,16 +116,27 @@ def make_loader(
     root: Path, split: str, img_size: int, limit: int, settings: ProbeSettings
 ) -> torch.utils.data.DataLoader:
     """Eval-transformed images of one split, in file order, at most ``limit`` (evenly spread over classes)."""
-    from pretrain.data.imagefolder import ImageFolderDataset
+    from pretrain.data.imagefolder import ImageFolderDataset, drop_missing_collate
     from pretrain.data.transforms import build_eval_transform
 
-    ds = ImageFolderDataset(root, split=split, transform=build_eval_transform(img_size))
+    # with skip_bad an unreadable image is left out (never replaced by another one)
+    ds = ImageFolderDataset(root, split=split, transform=build_eval_transform(img_size), skip_bad=settings.skip_bad,
+                            substitute=False)
     if limit and limit < len(ds):
         step = len(ds) / limit
         ds = torch.utils.data.Subset(ds, [int(i * step) for i in range(limit)])
     return torch.utils.data.DataLoader(
-        ds, batch_size=settings.extract_batch, shuffle=False, num_workers=settings.num_workers, persistent_workers=False
+        ds, batch_size=settings.extract_batch, shuffle=False, num_workers=settings.num_workers, persistent_workers=False,
+        collate_fn=drop_missing_collate,
     )
+
+
+def skipped_files(loader: torch.utils.data.DataLoader) -> dict:
+    """The unreadable files a ``make_loader`` loader left out: count and names (metrics JSON)."""
+    from pretrain.data.imagefolder import BadImageTally
+
+    summary, _ = BadImageTally(loader.dataset).summary([BadImageTally(loader.dataset).state()])
+    return {"bad_files": summary["bad_files"], "bad_file_names": summary["bad_file_names"]}
 
 
 @torch.no_grad()
@@ -138,7 +152,10 @@ def extract_features(
     device = backbone.position_token.device
     gen = torch.Generator().manual_seed(seed)
     feats, labels = [], []
-    for imgs, _ in loader:
+    for batch in loader:
+        if batch is None:  # only unreadable images (skip_bad)
+            continue
+        imgs = batch[0]
         b = imgs.shape[0]
         dropped = dropped_positions(b, n, drop_ratio, gen)
         probed = dropped if drop_ratio > 0 else torch.ones_like(dropped)
@@ -263,12 +280,19 @@ def run_probe(
     label: str | None = None,
     verbose: bool = True,
     img_size: int | None = None,
+    random_arch: str | None = None,
 ) -> dict:
-    """Probe one checkpoint at several drop ratios; returns (and writes, if ``output``) the metrics."""
+    """Probe one checkpoint (``"none"``: a random ``random_arch`` ViT) at several drop ratios;
+    returns (and writes, if ``output``) the metrics."""
     settings = settings or ProbeSettings()
     t0 = time.time()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backbone = load_backbone(checkpoint, replacement, num_heads, device, img_size)
+    if str(checkpoint) == "none":
+        if random_arch is None:
+            raise ValueError("--checkpoint none (random initialisation) needs --random-arch, e.g. vit_tiny_patch8_64")
+        backbone = random_backbone(random_arch, settings.seed, device)
+    else:
+        backbone = load_backbone(checkpoint, replacement, num_heads, device, img_size)
     root = resolve_image_folder(data)
     train_loader = make_loader(root, "train", backbone.img_size, settings.train_images, settings)
     val_loader = make_loader(root, "val", backbone.img_size, settings.val_images, settings)
@@ -305,12 +329,36 @@ def run_probe(
         "train_images": len(train_loader.dataset),
         "val_images": len(val_loader.dataset),
         "settings": asdict(settings),
+        "skipped": {"train": skipped_files(train_loader), "val": skipped_files(val_loader)},
         "results": results,
         "wall_seconds": time.time() - t0,
     }
+    for split, skipped in metrics["skipped"].items():
+        if skipped["bad_files"] and verbose:
+            print(f"[position_probe] left out {skipped['bad_files']} unreadable {split} images (--skip-bad): "
+                  f"{', '.join(skipped['bad_file_names'])}", flush=True)
     if output is not None:
         write_metrics(metrics, output)
     return metrics
+
+
+def with_bad_image_hint(action: Callable[[], str], hint: str) -> Callable[[], str]:
+    """``action``, with an unreadable image (here or in a DataLoader worker) turned into a ValueError
+    that names the file and ``hint``: the command then ends with one ``error:`` line, no traceback."""
+    from pretrain.engine.cli import bad_image_error, debug_enabled
+
+    def wrapped() -> str:
+        try:
+            return action()
+        except RuntimeError as exc:
+            message = bad_image_error(exc)
+            if message is None:
+                raise
+            if debug_enabled():
+                traceback.print_exc()
+            raise ValueError(f"{message} ({hint})") from exc
+
+    return wrapped
 
 
 def write_metrics(metrics: dict, output: str | Path) -> Path:
@@ -331,10 +379,25 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
-def get_args_parser() -> argparse.ArgumentParser:
+def add_settings_args(p: argparse.ArgumentParser) -> None:
+    """The probe's training settings (:class:`ProbeSettings`) as options; read back with :func:`settings_from_args`."""
     d = ProbeSettings()
+    for name in ("epochs", "batch_size", "seed", "train_images", "val_images", "tokens_per_image", "extract_batch",
+                 "num_workers"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (named in the metrics)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ProbeSettings:
+    return ProbeSettings(**{k: getattr(args, k) for k in asdict(ProbeSettings())})
+
+
+def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("position-prediction linear probe", add_help=True)
-    p.add_argument("--checkpoint", required=True, help="any checkpoint pretrain.weights reads")
+    p.add_argument("--checkpoint", required=True, help="any checkpoint pretrain.weights reads, or none (random init)")
+    p.add_argument("--random-arch", default=None, help="with --checkpoint none: the ViT, e.g. vit_tiny_patch8_64")
     p.add_argument("--data", default="builtin", help="ImageFolder root with train/ and val/, or 'builtin'")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--drop-ratio", type=float, default=None, help="share of positions dropped (default 0.75)")
@@ -356,19 +419,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help="probe at this input size (default: the checkpoint's; the position table is resized)",
     )
-    for name in (
-        "epochs",
-        "batch_size",
-        "seed",
-        "train_images",
-        "val_images",
-        "tokens_per_image",
-        "extract_batch",
-        "num_workers",
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    add_settings_args(p)
     return p
 
 
@@ -379,7 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(not 0.0 <= r <= 1.0 for r in ratios):
         print(f"error: drop ratios must lie in [0, 1], got {ratios}", file=sys.stderr)
         return 2
-    settings = ProbeSettings(**{k: getattr(args, k) for k in asdict(ProbeSettings())})
+    settings = settings_from_args(args)
+    if args.checkpoint == "none" and (args.random_arch is None or args.output is None):
+        print("error: --checkpoint none (random initialisation) needs --random-arch and --output", file=sys.stderr)
+        return 2
     output = args.output or str(Path(args.checkpoint).parent / "position_probe")
 
     def probe() -> str:
@@ -393,10 +447,11 @@ def main(argv: list[str] | None = None) -> int:
             args.num_heads,
             args.label,
             img_size=args.img_size,
+            random_arch=args.random_arch,
         )
         return f"[position_probe] wrote {Path(output) / METRICS_FILE} ({metrics['wall_seconds']:.0f} s)"
 
-    return run_command(probe)
+    return run_command(with_bad_image_hint(probe, "pass --skip-bad to leave unreadable images out"))
 
 
 if __name__ == "__main__":

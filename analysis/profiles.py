@@ -20,9 +20,11 @@ from .stages import Profile
 
 # Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage. Measured CPU
 # time per method and stage (one thread): pretraining 1.4-3.2 min, fine-tuning 2.1, linear probe
-# 0.3, detection 1.7, segmentation 0.9, position probe 1.0. Detection needs ~300 iterations
-# (~7.5 CPU min per method, detection/README.md) before its AP leaves zero: raise it with
-# --detection-iters when there is time.
+# 0.3, detection 1.7, segmentation 0.9, position probe 1.0; k-NN 0.2 and attentive probe 0.3
+# (scratch, measured on a loaded machine). Four initialisations (scratch: no pretraining, no
+# position probe) come to ~30 CPU min per seed of the transfer stages plus ~6 of pretraining.
+# Detection needs ~300 iterations (~7.5 CPU min per method, detection/README.md) before its AP
+# leaves zero: raise it with --detection-iters when there is time.
 DEMO = {
     "finetune": ["train.epochs=3"],
     "linear_probe": ["train.epochs=30"],
@@ -66,12 +68,15 @@ PROFILES = {
         },
     },
 }
-# backbone size -> the transfer configs (finetune_rel: for AdPE's relative-position encoders)
+# backbone size -> the transfer configs (finetune_rel: for AdPE's relative-position encoders;
+# <stage>_<method>: that method's own recipe where it differs)
 TRANSFER_CONFIGS = {
     "tiny": {
         "finetune": "finetune_vit_tiny_builtin.yaml",
         "finetune_rel": "finetune_vit_tiny_builtin.yaml",
         "linear_probe": "linear_probe_vit_tiny_builtin.yaml",
+        "knn": "knn_vit_tiny_builtin.yaml",
+        "attentive_probe": "attentive_probe_vit_tiny_builtin.yaml",
         "detection": "mask_rcnn_vitdet_tiny_builtin.py",
         "segmentation": "upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py",
     },
@@ -79,17 +84,33 @@ TRANSFER_CONFIGS = {
         "finetune": "finetune_vit_base_100ep.yaml",
         "finetune_rel": "finetune_vit_base_relpos.yaml",
         "linear_probe": "linear_probe_vit_base.yaml",
+        "knn": "knn_default.yaml",
+        "attentive_probe": "attentive_probe_default.yaml",
         "detection": "mask_rcnn_vitdet_b_100ep.py",
         "segmentation": "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py",
     },
     "large": {
-        "finetune": "finetune_vit_large_50ep.yaml",
+        "finetune": "finetune_vit_large_50ep.yaml",  # MAE's ViT-L recipe (drop path 0.2)
+        "finetune_droppos": "finetune_droppos_vit_large_50ep.yaml",  # DropPos's ViT-L script: drop path 0.1
         "finetune_rel": "finetune_vit_large_50ep.yaml",
         "linear_probe": "linear_probe_vit_large.yaml",
+        "knn": "knn_default.yaml",
+        "attentive_probe": "attentive_probe_default.yaml",
         "detection": "mask_rcnn_vitdet_l_100ep.py",
         "segmentation": "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py",
     },
 }
+
+
+# backbone size -> the input size of each stage's recipe (the protocol column of the tables)
+_CLASSIFY = ("finetune", "linear_probe", "knn", "attentive_probe", "position_probe")
+IMAGE_SIZES = {
+    "tiny": {**dict.fromkeys(_CLASSIFY, 64), "detection": 128, "segmentation": 64},
+    "base": {**dict.fromkeys(_CLASSIFY, 224), "detection": 1024, "segmentation": 512},
+    "large": {**dict.fromkeys(_CLASSIFY, 224), "detection": 1024, "segmentation": 512},
+}
+# overrides of the size-independent k-NN / attentive-probe recipes (their defaults are ViT-B/16)
+SIZE_OVERRIDES = {"large": {k: ["model.size=large"] for k in ("knn", "attentive_probe")}}
 
 
 def detection_budget(iters: int, data: Path) -> list[str]:
@@ -139,12 +160,9 @@ def demo_profile(
         ade=data / "ade20k" / "ADEChallengeData2016",
         pretrain=spec["pretrain"],
         configs=TRANSFER_CONFIGS[spec["size"]],
-        train_flags=[
-            "data.builtin=true",
-            f"data.num_workers={workers}",
-            "train.progress=false",
-            "train.tensorboard=false",
-        ],
+        image_sizes=IMAGE_SIZES[spec["size"]],
+        data_flags=["data.builtin=true", f"data.num_workers={workers}"],
+        train_flags=["train.progress=false", "train.tensorboard=false"],
         overrides={
             "finetune": DEMO["finetune"],
             "linear_probe": DEMO["linear_probe"],
@@ -159,6 +177,7 @@ def demo_profile(
             "--train-images",
             str(DEMO["probe_train_images"]),
         ],
+        random_arch=f"vit_{spec['size']}_patch8_{DEMO['probe_img_size']}",
         check=True,
     )
 
@@ -201,9 +220,12 @@ def paper_profile(name: str, args: argparse.Namespace) -> Profile:
         ade=ade,
         pretrain=spec["pretrain"],
         configs=TRANSFER_CONFIGS[spec["size"]],
+        image_sizes=IMAGE_SIZES[spec["size"]],
+        overrides=SIZE_OVERRIDES.get(spec["size"], {}),
         detection_flags=detection,
         segmentation_flags=["--launcher", "pytorch"],
         probe_flags=["--img-size", "224"],
+        random_arch=f"vit_{spec['size']}_patch16_224",
         env={"detection": {"DETECTRON2_DATASETS": str(args.coco)}},
     )
 

@@ -1,7 +1,7 @@
 """The report of the end-to-end run: ``<out>/report.md`` with the stages, the tables and the pictures.
 
 The same Markdown is also written to ``<out>/report/report.md`` (picture links relative to
-that folder), beside the CSV tables and ``pictures/``.
+that folder), beside the CSV tables and ``pictures/`` (the comparison picture among them).
 """
 
 from __future__ import annotations
@@ -75,27 +75,26 @@ def write_report(
     out: Path,
     profile: str,
     records: dict[tuple[str, str], dict],
-    methods: list[str],
+    folders: list[str],
     pictures_made: list[tuple[str, Path]],
     wall: float,
     detection_iters: int | None = None,
 ) -> Path:
-    """<out>/report.md: stage wall times, the comparison tables and the pictures.
+    """<out>/report.md: stage wall times, the comparison tables, the comparison picture and the pictures.
 
+    ``folders``: the run folders below ``out`` (``droppos``, ``droppos/seed1``, ``scratch`` ...);
     ``detection_iters``: the demo's detection iterations when not the DEMO budget's.
     """
-    from .tables import MetricsError, build_tables
+    from .tables import COMPARISON_PICTURE, MetricsError, build_tables
 
-    lines = [f"# DropPos / MAE / AdPE: {profile} report", ""]
+    lines = [f"# DropPos / MAE / AdPE / scratch: {profile} report", ""]
     if profile == "demo":
         lines += [
             "Built-in synthetic data, ViT-Tiny with 8 px patches, CPU, minutes of training per stage: the numbers "
-            "show that every stage runs end to end and how the methods compare at this toy scale; they are not "
-            "comparable with the papers' ImageNet-scale numbers listed beside them. "
-            "One seed and a few minutes per stage: differences between the methods at this scale are within "
-            "run-to-run noise. Detection runs "
-            f"{detection_iters or DEMO['detection_iters']} iterations to stay within the budget; Mask R-CNN needs "
-            "about 300 before its AP leaves zero (`--detection-iters 300`, ~7.5 CPU minutes per method).",
+            "show that every stage runs end to end and how the initialisations compare at this toy scale; they are "
+            "not comparable with the papers' ImageNet-scale numbers listed beside them. Whether a difference is "
+            "beyond run-to-run noise is judged per cell from the seeds (`--seeds N`); with one seed the cells say "
+            f"so. Detection runs {detection_iters or DEMO['detection_iters']} iterations.",
             "",
         ]
     lines += [
@@ -104,19 +103,24 @@ def write_report(
         "## Stages (status, wall time / CPU time of the stage's processes)",
         "",
     ]
-    lines += ["| stage | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 1)]
-    for name in STAGES:
-        cells = [_stage_cell(records.get((m, name)) or read_status(out / m).get(name, {}), out) for m in methods]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["| run | " + " | ".join(STAGES) + " |", "|" + "---|" * (len(STAGES) + 1)]
+    for folder in folders:
+        status = read_status(out / folder)
+        cells = [_stage_cell(records.get((folder, name)) or status.get(name, {}), out) for name in STAGES]
+        lines.append(f"| {folder} | " + " | ".join(cells) + " |")
     lines += ["", "## Results", ""]
+    inits = list(dict.fromkeys(f.split("/")[0] for f in folders))
     try:
-        md, _ = build_tables([out / m for m in methods if (out / m).is_dir()], out / "report", stages=False)
+        md, _ = build_tables([out / i for i in inits if (out / i).is_dir()], out / "report", stages=False)
         lines.append(md)
     except MetricsError as exc:
         lines.append(f"Tables not built: {exc}")
-    if pictures_made:
+    comparison = out / "report" / COMPARISON_PICTURE
+    shown = ([("Comparison per task: initialisations with their seed spread, scratch as the reference", comparison)]
+             if comparison.is_file() else [])
+    if shown or pictures_made:
         lines += ["", "## Pictures", ""]
-        for caption, path in pictures_made:
+        for caption, path in shown + pictures_made:
             lines += [f"**{caption}**", "", f"![{caption}]({path.relative_to(out)})", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")

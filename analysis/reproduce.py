@@ -1,24 +1,40 @@
-"""The end-to-end run: DropPos, MAE and AdPE through pretraining, every transfer task and the report.
+"""The end-to-end run: DropPos, MAE, AdPE and a scratch baseline through every transfer task, then the report.
 
     ./run.sh demo                                  (= python -m analysis.reproduce --profile demo)
+    ./run.sh demo --seeds 3                        (every transfer stage under seeds 0, 1, 2)
     python -m analysis.reproduce --profile vit_b_200ep --imagenet /data/imagenet --coco /data --ade20k /data/ade \
         --gpus 8                                   (prints the commands)
     python -m analysis.reproduce --profile vit_b_200ep ... --launch      (runs them, in order)
+    python -m analysis.reproduce --ablation droppos.mask_ratio=0.5,0.75,0.9   (a DropPos ablation sweep)
 
 Profiles:
 - ``demo`` (default): the built-in data (generated on first use), ViT-Tiny with 8 px
-  patches, CPU; each method is pretrained, fine-tuned, linearly probed, transferred to
-  detection (ViTDet Mask R-CNN) and segmentation (UperNet), and position-probed; then the
-  pictures and the report (``<output>/report.md``). About a quarter of an hour on 2 cores.
+  patches, CPU; each method is pretrained, then it and a randomly initialised ``scratch``
+  encoder are fine-tuned, linearly probed, k-NN classified, attentive-probed, transferred to
+  detection (ViTDet Mask R-CNN) and segmentation (UperNet), and position-probed (not
+  scratch); then the pictures and the report (``<output>/report.md``).
 - ``vit_b_200ep``, ``vit_b_800ep``, ``vit_l_800ep``: the paper-scale runs on ImageNet-1K,
   COCO and ADE20K, for a GPU cluster: torchrun for pretraining and classification,
   Detectron2's launcher for detection, torchrun + MMEngine's pytorch launcher for
-  segmentation. Without ``--launch`` the exact commands are printed.
+  segmentation. Without ``--launch`` the exact commands are printed. The scratch baseline
+  is optional there (``--methods droppos,mae,adpe,scratch``).
+
+Ablation: ``--ablation KEY[=V1,V2,...]`` (repeatable; no values: the key's default grid)
+sweeps a key of the DropPos pretraining config, one axis at a time (``--ablation-grid``:
+every combination; over ``GRID_CONFIRM_RUNS`` pretraining runs it needs ``--yes``); each
+value is pretrained and evaluated by fine-tuning, linear probing, k-NN and the position
+probe, then ``<output>/ablation.md`` (``analysis.ablation``, ``analysis.ablation_tables``).
+
+Seeds: ``--seeds N`` runs every transfer stage under seeds 0..N-1 on each pretraining run,
+``--pretrain-seeds P`` pretrains each method under seeds 0..P-1 (layout: ``analysis.stages``);
+each run records its seed (the stage's own seed option, and ``protocol.json`` in its run
+folder). The tables show mean ± standard deviation with n and judge each difference by
+Welch's t interval (``analysis.stats``).
 
 Every stage writes one metrics JSON; a stage whose metrics already exist is skipped, so
 the command can be re-run after an interruption (pretraining itself resumes from its last
 checkpoint). Each stage runs as its own process; its output goes to
-``<output>/<method>/logs/<stage>.log`` (``--verbose`` also streams it). A stage whose
+``<output>/<run folder>/logs/<stage>.log`` (``--verbose`` also streams it). A stage whose
 package is not installed is reported as "skipped (not available)".
 
 This module is the command line; the profiles are in ``analysis.profiles``, the stage
@@ -34,10 +50,12 @@ import sys
 import time
 from pathlib import Path
 
+from .ablation import ABLATION_STAGES, GRID_CONFIRM_RUNS, AblationError, build_ablation_stages, plan_sweep, write_plan
 from .profiles import DEMO, PROFILES, profile_from_args
 from .report import make_pictures, write_report
 from .runner import run_stages
-from .stages import METHODS, ROOT, STAGES, Stage, build_stage_table
+from .runs import write_protocols
+from .stages import INITS, METHODS, ROOT, STAGES, Stage, build_stage_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,8 +63,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("droppos end-to-end run", add_help=True)
     p.add_argument("--profile", default="demo", choices=list(PROFILES))
     p.add_argument("--output", default=None, help="output root (default: outputs/<profile>)")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of droppos,mae,adpe")
-    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of the stages")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated subset of droppos,mae,adpe,scratch (default: all four in the demo, "
+        "the three methods in the paper profiles)",
+    )
+    p.add_argument("--seeds", type=int, default=1, help="seeds of every transfer stage (0 .. N-1), at least 1")
+    p.add_argument("--pretrain-seeds", type=int, default=1, help="pretraining seeds per method, at least 1")
+    p.add_argument(
+        "--stages",
+        default=None,
+        help="comma-separated subset of the stages (default: all; with --ablation: " + ",".join(ABLATION_STAGES) + ")",
+    )
     p.add_argument("--launch", action="store_true", help="paper profiles: run the commands (default: print them)")
     p.add_argument("--dry-run", action="store_true", help="print the commands of any profile and exit")
     p.add_argument("--verbose", action="store_true", help="stream every stage's output")
@@ -65,6 +94,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage-timeout", type=float, default=None, help="seconds after which a stage is stopped")
     p.add_argument("--no-pictures", action="store_true")
+    g = p.add_argument_group("ablation (analysis.ablation: DropPos pretraining sweeps)")
+    g.add_argument(
+        "--ablation",
+        action="append",
+        metavar="KEY[=V1,V2,...]",
+        help="sweep a key of the DropPos pretraining config over these values (no values: its default grid); "
+        "repeatable, one axis at a time, the others at the recipe value",
+    )
+    g.add_argument("--ablation-grid", action="store_true", help="every combination of the --ablation axes")
+    g.add_argument(
+        "--yes", action="store_true", help=f"confirm a grid over more than {GRID_CONFIRM_RUNS} pretraining runs"
+    )
     g = p.add_argument_group("demo")
     g.add_argument("--data", default="data/builtin", help="built-in data root (generated if missing)")
     g.add_argument("--workers", type=int, default=1, help="data-loader workers per stage")
@@ -92,8 +133,8 @@ def prepare_data(root: Path) -> None:
 
 
 def build_stages(args: argparse.Namespace, out: Path, methods: list[str]) -> list[Stage]:
-    """Every stage of ``methods`` under ``out`` for the profile the options ask for."""
-    return build_stage_table(profile_from_args(args), out, methods)
+    """Every stage of ``methods`` under ``out`` for the profile (and seeds) the options ask for."""
+    return build_stage_table(profile_from_args(args), out, methods, args.seeds, args.pretrain_seeds)
 
 
 def print_commands(args: argparse.Namespace, out: Path, methods: list[str], stages: list[Stage]) -> None:
@@ -104,24 +145,86 @@ def print_commands(args: argparse.Namespace, out: Path, methods: list[str], stag
     )
     for s in stages:
         print(f"# {s.method} / {s.name} -> {s.metrics}")
-        print(s.shell())
-    print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / 'report'}")
+        print(f"# not available: {s.available}" if s.available else s.shell())
+    if methods:
+        print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / 'report'}")
     if args.profile != "demo":
         print("# add --launch to run these commands here, one after the other")
+
+
+def execution(args: argparse.Namespace) -> tuple[int, int | None, dict[str, str]]:
+    """(stages at a time, threads per stage, their environment): the demo 2 x 1 thread, paper profiles 1."""
+    jobs = 1 if args.profile != "demo" else max(1, args.jobs or 2)
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    env_extra = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
+    if jobs > 1:
+        print(f"[reproduce] {jobs} stages at a time, {threads} thread(s) each", flush=True)
+    return jobs, threads, env_extra
+
+
+def bad_options(args: argparse.Namespace, methods: list[str], chosen: list[str]) -> str:
+    """Why the options cannot run ('' when they can): unknown methods or stages, seeds under 1."""
+    bad = [m for m in methods if m not in INITS] + [s for s in chosen if s not in STAGES]
+    if bad:
+        return (
+            f"unknown method or stage: {', '.join(bad)} (methods: {', '.join(INITS)}; stages: {', '.join(STAGES)})"
+        )
+    for option, value in (("--seeds", args.seeds), ("--pretrain-seeds", args.pretrain_seeds)):
+        if value < 1:
+            return f"{option} must be at least 1 (one seed per run), got {value}"
+    return ""
+
+
+def run_ablation(args: argparse.Namespace) -> int:
+    """The ``--ablation`` sweep: check every axis and value, print or run the stages, then the ablation report."""
+    from .ablation_tables import write_ablation_report
+
+    chosen = [s for s in (args.stages or ",".join(ABLATION_STAGES)).split(",") if s]
+    why = bad_options(args, [], chosen)
+    if not why and args.methods not in (None, "droppos"):
+        why = f"--ablation sweeps DropPos only (got --methods {args.methods})"
+    profile = profile_from_args(args)
+    try:
+        axes, points = plan_sweep(args.ablation, profile, args.ablation_grid, args.pretrain_seeds, args.yes)
+    except AblationError as exc:
+        why = why or str(exc)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    out = Path(args.output or ("outputs/ablation" if args.profile == "demo" else f"outputs/ablation_{args.profile}"))
+    stages = build_ablation_stages(profile, out, points, args.seeds, args.pretrain_seeds, tuple(chosen))
+    print(f"[reproduce] ablation: {len(points)} pretraining configurations ({', '.join(p.name for p in points)})")
+    if args.dry_run or (args.profile != "demo" and not args.launch):
+        print_commands(args, out, [], stages)
+        print(f"python -m analysis.ablation_tables {out}")
+        return 0
+    if args.profile == "demo":
+        prepare_data(Path(args.data))
+    jobs, _, env_extra = execution(args)
+    t0 = time.time()
+    write_plan(out, axes, points, args.profile)
+    write_protocols([s for s in stages if not s.metrics.is_file()], out, args.seeds, args.pretrain_seeds)
+    records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
+    report = write_ablation_report(out, no_pictures=args.no_pictures)
+    print(f"[reproduce] ablation report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
+    failed = [k for k, r in records.items() if r.get("status") == "failed"]
+    if failed:
+        print(f"[reproduce] failed stages: {', '.join('/'.join(k) for k in failed)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Print or run the stages, then the pictures and the report; 1 if a stage failed, 2 on bad options."""
     args = get_args_parser().parse_args(argv)
-    methods = [m for m in args.methods.split(",") if m]
-    chosen = [s for s in args.stages.split(",") if s]
-    bad = [m for m in methods if m not in METHODS] + [s for s in chosen if s not in STAGES]
-    if bad:
-        print(
-            f"error: unknown method or stage: {', '.join(bad)} "
-            f"(methods: {', '.join(METHODS)}; stages: {', '.join(STAGES)})",
-            file=sys.stderr,
-        )
+    if args.ablation:
+        return run_ablation(args)
+    default = INITS if args.profile == "demo" else METHODS
+    methods = [m for m in (args.methods or ",".join(default)).split(",") if m]
+    chosen = [s for s in (args.stages or ",".join(STAGES)).split(",") if s]
+    why = bad_options(args, methods, chosen)
+    if why:
+        print(f"error: {why}", file=sys.stderr)
         return 2
     out = Path(args.output or f"outputs/{args.profile}")
     table = build_stages(args, out, methods)
@@ -131,12 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.profile == "demo":
         prepare_data(Path(args.data))
-    jobs = 1 if args.profile != "demo" else max(1, args.jobs or 2)
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
-    env_extra = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
-    if jobs > 1:
-        print(f"[reproduce] {jobs} stages at a time, {threads} thread(s) each", flush=True)
+    jobs, threads, env_extra = execution(args)
     t0 = time.time()
+    write_protocols([s for s in stages if not s.metrics.is_file()], out, args.seeds, args.pretrain_seeds)
     records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
     made = []
     if not args.no_pictures:
@@ -147,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(max(threads, 1))
         made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), methods)
         print(f"[reproduce] pictures: {len(made)} made ({time.time() - t:.0f} s)", flush=True)
-    report = write_report(out, args.profile, records, methods, made, time.time() - t0, args.detection_iters)
+    folders = list(dict.fromkeys(s.method for s in table))
+    report = write_report(out, args.profile, records, folders, made, time.time() - t0, args.detection_iters)
     print(f"[reproduce] report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
     failed = [k for k, r in records.items() if r.get("status") == "failed"]
     if failed:

@@ -1,7 +1,10 @@
 """Running the stages of the end-to-end run: one process each, skipped once done, status recorded.
 
-A stage whose metrics file exists is not run again (so an interrupted run continues where
-it stopped); one whose packages are missing, or whose input an earlier stage did not
+A stage whose metrics file holds a finished record is not run again (so an interrupted
+run continues where it stopped; :func:`unfinished_reason` says what counts: a JSON object
+naming its task, all epochs or iterations done, so a file cut short or written by a
+validation part-way through is run again, and the stage resumes from its own checkpoints);
+one whose packages are missing, or whose input an earlier stage did not
 write, is skipped with the reason. Each process's output goes to
 ``<out>/<method>/logs/<stage>.log``; status, wall and CPU time to
 ``<out>/<method>/stage_status.json``. Up to ``jobs`` stages run side by side.
@@ -60,6 +63,44 @@ def _settle(stage: Stage, out: Path, record: dict, message: str) -> dict:
     return record
 
 
+def _requested_iterations(command: list[str]) -> int | None:
+    """The iteration count a Detectron2 / MMEngine stage command asks for (``...max_iter[s]=N``)."""
+    for arg in command:
+        key, sep, value = arg.partition("=")
+        if sep and key.rsplit(".", 1)[-1] in ("max_iter", "max_iters") and value.isdigit():
+            return int(value)
+    return None
+
+
+def _asks(stage: Stage, prefix: str) -> bool:
+    return any(arg.startswith(prefix) for arg in stage.command)
+
+
+def unfinished_reason(stage: Stage) -> str | None:
+    """Why the stage's metrics file is not a finished stage's (None: it is).
+
+    Not finished: missing, unreadable, not a JSON object with a ``task`` (a file cut short
+    or overwritten by something else), fewer epochs done than asked, or fewer iterations
+    than the stage's command asks for (segmentation rewrites its file at each validation).
+    """
+    path = stage.metrics
+    if not path.is_file():
+        return f"no {path.name}"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{path} is not valid JSON ({type(exc).__name__}: {exc})"
+    if not isinstance(record, dict) or not isinstance(record.get("task"), str):
+        return f"{path} is not a metrics record (no 'task')"
+    done, wanted = record.get("epochs_done"), record.get("epochs")
+    if isinstance(done, int) and isinstance(wanted, int) and done < wanted and not _asks(stage, "train.max_steps="):
+        return f"{path} records {done} of {wanted} epochs"
+    wanted_iters, iters = _requested_iterations(stage.command), record.get("iterations")
+    if wanted_iters is not None and isinstance(iters, int) and iters < wanted_iters:
+        return f"{path} records {iters} of {wanted_iters} iterations"
+    return None
+
+
 def headline(stage: Stage) -> str:
     """One line of the stage's headline numbers from its metrics file."""
     try:
@@ -73,7 +114,7 @@ def headline(stage: Stage) -> str:
         return ", ".join(
             f"{k} {v:.4f}" for k, v in final.items() if isinstance(v, (int, float)) and k in ("loss", "pos_acc")
         )
-    if stage.name in ("finetune", "linear_probe"):
+    if stage.name in ("finetune", "linear_probe", "knn", "attentive_probe"):
         return f"top-1 {m.get('top1', float('nan')):.2f}%"
     if stage.name == "detection":
         return f"AP box {m.get('bbox_AP')}, AP mask {m.get('segm_AP')}"
@@ -142,7 +183,10 @@ def run_stage(
 ) -> dict:
     """Run (or skip) one stage; returns its status record (also saved in the run's stage_status.json)."""
     run_dir = out / stage.method
-    if stage.metrics.is_file():
+    unfinished = unfinished_reason(stage)
+    if unfinished is not None and stage.metrics.is_file():
+        _say(f"[reproduce] {stage.method}/{stage.name}: not finished ({unfinished}): running it again")
+    if unfinished is None:
         previous = read_status(run_dir).get(stage.name, {})
         record = {
             "status": "done",
@@ -168,13 +212,13 @@ def run_stage(
     t0 = time.time()
     rc, cpu = _run_process(stage, log, env, verbose, timeout)
     wall = time.time() - t0
-    if rc == 0 and stage.metrics.is_file():
+    if rc == 0 and unfinished_reason(stage) is None:
         record = {"status": "done", "wall_seconds": wall, "cpu_seconds": cpu, "metrics": str(stage.metrics)}
         return _settle(
             stage, out, record, f"done in {wall / 60:.1f} min (CPU time {cpu / 60:.1f} min)  {headline(stage)}"
         )
     tail = log.read_text().strip().splitlines()[-15:]
-    why = (rc if isinstance(rc, str) else f"exit code {rc}") if rc != 0 else f"no {stage.metrics.name} written"
+    why = (rc if isinstance(rc, str) else f"exit code {rc}") if rc != 0 else unfinished_reason(stage)
     record = {"status": "failed", "reason": why, "wall_seconds": wall, "cpu_seconds": cpu, "log": str(log)}
     return _settle(
         stage,

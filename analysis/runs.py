@@ -1,21 +1,31 @@
 """The results of pretraining runs: every metrics file below a run folder, read strictly.
 
-A run folder is one pretraining run and its evaluations (as ``analysis.reproduce`` lays it
-out: ``<out>/<method>/{pretrain,finetune,...}``). The method comes from the pretraining
-metrics (or a ``method`` key, or the folder name); an optional ``stage_status.json``
+A run folder is one pretraining run and one transfer seed of its evaluations (as
+``analysis.reproduce`` lays it out: ``<out>/<init>/{pretrain,finetune,...}``, further seeds
+in ``seed<k>/`` and ``pretrain_seed<j>/`` below it, which are run folders of their own). The
+initialisation comes from ``protocol.json`` (written by ``analysis.reproduce``: per stage
+the recipe, seed, checkpoint, image size and overrides), else the pretraining metrics, else
+a ``method`` key, else the folder name; an optional ``stage_status.json``
 (``analysis.runner``) says why a stage has no result and how long each took.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pretrain.atomic import atomic_write_json
+
 from .metrics_schema import METRIC_FILES, TASK_STAGES, MetricsError, load_metrics_file
 from .paper_numbers import METHOD_NAMES, METHOD_ORDER
 from .runner import STATUS_FILE
+from .stages import SCRATCH, Stage
+
+PROTOCOL_FILE = "protocol.json"
+SEED_FOLDER = re.compile(r"^(pretrain_)?seed(\d+)$")
 
 SIZE_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 
@@ -36,6 +46,21 @@ class RunResults:
     files: dict[str, Path] = field(default_factory=dict)
     status: dict[str, dict] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    protocol: dict[str, Any] = field(default_factory=dict)  # protocol.json (empty when absent)
+
+    def seed(self, stage: str) -> int | None:
+        """The seed ``stage`` ran under: its metrics' ``seed`` key, else protocol.json, else None."""
+        m = self.metrics.get(stage, {})
+        if isinstance(m.get("seed"), int):
+            return m["seed"]
+        value = self.protocol.get("stages", {}).get(stage, {}).get("seed")
+        return value if isinstance(value, int) else None
+
+    @property
+    def pretrain_seed(self) -> int | None:
+        """The pretraining seed of this run's backbone (None for scratch or when not recorded)."""
+        value = self.protocol.get("pretrain_seed")
+        return value if isinstance(value, int) else None
 
     @property
     def label(self) -> str:
@@ -61,6 +86,8 @@ def collect_run(run_dir: str | Path) -> RunResults:
     found: dict[str, list[tuple[float, Path, dict]]] = {}
     for name in METRIC_FILES:
         for path in sorted(run_dir.rglob(name)):
+            if any(SEED_FOLDER.match(part) for part in path.relative_to(run_dir).parts[:-1]):
+                continue  # another seed's run folder
             data = load_metrics_file(path)
             found.setdefault(TASK_STAGES[data["task"]], []).append((path.stat().st_mtime, path, data))
     warnings = []
@@ -75,17 +102,19 @@ def collect_run(run_dir: str | Path) -> RunResults:
                 )
             warnings.append(f"{stage}: {len(items)} metrics files, the newest is used ({items[-1][1]})")
         _, files[stage], metrics[stage] = items[-1]
+    protocol = read_protocol(run_dir)
     pre = metrics.get("pretrain", {})
-    method = pre.get("method") or next(
+    method = protocol.get("init") or pre.get("method") or (SCRATCH if run_dir.name == SCRATCH else None)
+    method = method or next(
         (m.get("method") for m in metrics.values() if isinstance(m.get("method"), str)), None
     )
     if method is None:
-        lowered = run_dir.name.lower()
-        method = next((m for m in METHOD_ORDER if m in lowered), None)
+        names = [run_dir.name.lower()] + [p.name.lower() for p in run_dir.parents if p.name]
+        method = next((m for n in names for m in METHOD_ORDER if m in n), None)
     if method is None:
         raise MetricsError(
-            f"{run_dir}: cannot tell the method (no pretrain_metrics.json, no 'method' key, "
-            "and the folder name names none of droppos, mae, adpe)"
+            f"{run_dir}: cannot tell the method (no protocol.json, no pretrain_metrics.json, no 'method' key, "
+            "and the folder name names none of droppos, mae, adpe, scratch)"
         )
     arch = pre.get("arch") or next((m.get("arch") for m in metrics.values() if isinstance(m.get("arch"), str)), None)
     status = {}
@@ -108,11 +137,68 @@ def collect_run(run_dir: str | Path) -> RunResults:
         files=files,
         status=status,
         warnings=warnings,
+        protocol=protocol,
     )
 
 
+def seed_folders(run_dir: Path) -> list[Path]:
+    """``run_dir`` and the run folders of its other seeds (``seed<k>``, ``pretrain_seed<j>``) below it."""
+    if not run_dir.is_dir():
+        return [run_dir]
+    nested = [p for p in sorted(run_dir.iterdir()) if p.is_dir() and SEED_FOLDER.match(p.name)]
+    return [run_dir] + [q for p in nested for q in seed_folders(p)]
+
+
 def collect_runs(run_dirs: list[str | Path]) -> list[RunResults]:
-    """Every run dir's results, DropPos, MAE, AdPE first (then by folder name)."""
-    runs = [collect_run(d) for d in run_dirs]
+    """Every run folder's results (seed folders below each included), DropPos, MAE, AdPE, scratch first."""
+    runs = [collect_run(d) for top in run_dirs for d in seed_folders(Path(top))]
     order = {m: i for i, m in enumerate(METHOD_ORDER)}
-    return sorted(runs, key=lambda r: (order.get(r.method, 99), r.name))
+    return sorted(runs, key=lambda r: (order.get(r.method, 99), str(r.path)))
+
+
+def run_name(run: RunResults) -> str:
+    """A run folder's name in tables: its path below the initialisation's folder (``droppos/seed1``)."""
+    parts = [run.path.name]
+    for parent in run.path.parents:
+        if not SEED_FOLDER.match(parts[0]):
+            break
+        parts.insert(0, parent.name)
+    return "/".join(parts)
+
+
+# --------------------------------------------------------------------------- protocol.json
+def read_protocol(run_dir: Path) -> dict[str, Any]:
+    """A run folder's protocol.json ({} when absent); a malformed one stops with its path."""
+    path = run_dir / PROTOCOL_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MetricsError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+        raise MetricsError(f"{path}: expected an object with a 'stages' object")
+    return data
+
+
+def write_protocols(stages: list[Stage], out: Path, seeds: int, pretrain_seeds: int) -> None:
+    """Record each stage's protocol in its run folder's protocol.json (other stages' entries kept)."""
+    by_folder: dict[str, list[Stage]] = {}
+    for s in stages:
+        by_folder.setdefault(s.method, []).append(s)
+    for folder, items in by_folder.items():
+        run_dir = out / folder
+        try:
+            data = read_protocol(run_dir)
+        except MetricsError:
+            data = {}
+        init = items[0].init or folder.split("/")[0]
+        data.update(
+            init=init,
+            seed=next((s.seed for s in items if s.name != "pretrain"), items[0].seed),
+            pretrain_seed=items[0].pretrain_seed,
+            planned_runs=seeds * (1 if init == SCRATCH else pretrain_seeds),
+        )
+        data.setdefault("stages", {}).update({s.name: s.protocol for s in items if s.protocol})
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / PROTOCOL_FILE, data)

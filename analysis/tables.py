@@ -1,22 +1,25 @@
 """Comparison tables: metrics JSON files of several runs -> Markdown and CSV, next to the papers' numbers.
 
-    python -m analysis.tables outputs/demo/droppos outputs/demo/mae outputs/demo/adpe --out outputs/demo/report
+    python -m analysis.tables outputs/demo/droppos outputs/demo/mae outputs/demo/adpe outputs/demo/scratch \
+        --out outputs/demo/report
 
-A RUN_DIR is one pretraining run and its evaluations: every metrics file below it
-is collected (``pretrain_metrics.json``, ``classification_metrics.json`` (task
-finetune or linear_probe), ``detection_metrics.json``, ``segmentation_metrics.json``,
-``position_probe_metrics.json``). The method comes from the pretraining metrics
-(or a ``method`` key, or the folder name). Files are read strictly on the keys the
-tables need (a malformed file stops with its path and what is wrong) and
-tolerantly on everything else (``analysis.metrics_schema``; the runs are read by
-``analysis.runs``). An optional ``stage_status.json`` in a run dir (written by
-``analysis.reproduce``) says why a stage has no result (skipped / failed) and how long
-each took.
+A RUN_DIR is one initialisation's folder: its pretraining run and evaluations, and the
+run folders of its other seeds below it (``seed<k>/``, ``pretrain_seed<j>/``, see
+``analysis.stages``); every metrics file is collected (``pretrain_metrics.json``,
+``classification_metrics.json`` (finetune, linear_probe or attentive_probe),
+``knn_metrics.json``, ``detection_metrics.json``, ``segmentation_metrics.json``,
+``position_probe_metrics.json``). Files are read strictly on the keys the tables need (a
+malformed file stops with its path and what is wrong) and tolerantly on everything else
+(``analysis.metrics_schema``, ``analysis.runs``). Each row pools one initialisation's seeds
+(``analysis.seed_rows``): mean ± standard deviation with n, the protocol (recipe file,
+epochs or iterations, image size, seeds) beside it; a row mixing protocols stops.
+Differences to scratch and to MAE get Welch's t 95 % interval and a verdict
+(``analysis.stats``).
 
-Outputs in ``--out``: ``tables.md`` (results with the pretraining cost beside each
-row, the methods side by side, the position probe per drop ratio, the papers'
-numbers) and ``results.csv``, ``side_by_side.csv``, ``position_probe.csv``,
-``paper_numbers.csv``.
+Outputs in ``--out``: ``tables.md`` and ``side_by_side.csv``, ``comparison.csv`` (the
+differences and protocols), ``pretraining.csv``, ``results.csv`` (one row per run folder,
+every seed), ``per_seed.csv`` (one value per line), ``position_probe.csv``, ``stages.csv``,
+``paper_numbers.csv`` and ``pictures/comparison.png`` (``analysis.comparison_picture``).
 """
 
 from __future__ import annotations
@@ -29,14 +32,24 @@ from typing import Any
 
 from .cli import run_command
 from .metrics_schema import MetricsError
-from .paper_numbers import GAINS_OVER_MAE, METHOD_NAMES, METHOD_ORDER, PAPER_ROWS, headline
-from .runs import SIZE_NAMES, RunResults, collect_runs
-from .stages import STAGES
+from .paper_numbers import (
+    GAINS_OVER_MAE,
+    MEASURE_NAMES,
+    METHOD_NAMES,
+    METHOD_ORDER,
+    PAPER_ROWS,
+    headline,
+    reference_number,
+)
+from .runs import SIZE_NAMES, RunResults, collect_runs, run_name
+from .seed_rows import MEASURES, PRETRAIN_LOSS, SeedRow, build_rows, per_seed_rows, probe_at
+from .stages import SCRATCH, STAGES
+from .stats import TEST_NAME, Summary, difference_cell, value_cell, welch
 
-PROBE_RATIO = 0.75  # the drop ratio quoted in the main tables
+COMPARISON_PICTURE = "pictures/comparison.png"
 
 
-# --------------------------------------------------------------------------- values
+# --------------------------------------------------------------------------- cells
 def fmt(value: Any, digits: int = 1) -> str:
     """A table cell: ``digits`` decimals, '—' for a missing value, text as it is."""
     if value is None:
@@ -55,44 +68,21 @@ def cost_text(cost: dict[str, float]) -> str:
     return f"{cost.get('cpu_minutes', 0):.1f} min (CPU)"
 
 
-def probe_at(m: dict | None, ratio: float = PROBE_RATIO) -> dict | None:
-    """The probe result at ``ratio`` (or the nearest drop ratio measured)."""
-    if not m:
-        return None
-    return min(m["results"], key=lambda r: abs(r["drop_ratio"] - ratio))
+def paper_value(value: float) -> str:
+    """A paper's number as the paper gives it: one decimal, two where it states two (83.57)."""
+    return f"{value:.2f}" if round(value, 1) != value else f"{value:.1f}"
 
 
-def _missing(run: RunResults, stage: str) -> str:
-    st = run.status.get(stage)
-    if isinstance(st, dict) and st.get("status") in ("skipped", "failed"):
-        return st["status"]
-    return "—"
-
-
-def run_values(run: RunResults) -> dict[str, str]:
-    """Display strings of one run's results, keyed by column."""
-    m = run.metrics
-    out = {
-        "PT epochs": fmt(run.epochs, 0) if run.epochs is not None else _missing(run, "pretrain"),
-        "PT cost": cost_text(run.cost) if "pretrain" in m else _missing(run, "pretrain"),
-        "PT final loss": fmt(run.final.get("loss"), 4) if "pretrain" in m else _missing(run, "pretrain"),
-    }
-    for col, stage, key in (("FT top-1", "finetune", "top1"), ("LP top-1", "linear_probe", "top1")):
-        out[col] = fmt(m[stage][key]) if stage in m else _missing(run, stage)
-    if "detection" in m:
-        out["COCO AP box"], out["COCO AP mask"] = fmt(m["detection"]["bbox_AP"]), fmt(m["detection"]["segm_AP"])
-    else:
-        out["COCO AP box"] = out["COCO AP mask"] = _missing(run, "detection")
-    out["ADE mIoU"] = fmt(m["segmentation"]["mIoU"]) if "segmentation" in m else _missing(run, "segmentation")
-    pr = probe_at(m.get("position_probe"))
-    if pr is not None:
-        out[f"pos. probe top-1 @{PROBE_RATIO:g}"] = f"{100 * pr['top1']:.1f} (chance {100 * pr['chance']:.1f})"
-        out[f"pos. probe within-1 @{PROBE_RATIO:g}"] = fmt(100 * pr["within1"])
-    else:
-        out[f"pos. probe top-1 @{PROBE_RATIO:g}"] = out[f"pos. probe within-1 @{PROBE_RATIO:g}"] = _missing(
-            run, "position_probe"
-        )
-    return out
+def row_cell(row: SeedRow | None) -> str:
+    """'71.0 ± 0.3 (n=3)', '71.0 (n=1)', with the runs that gave no value; else why there is none."""
+    if row is None:
+        return "—"
+    s = row.summary
+    if s is None:
+        reasons = sorted({why for _, why in row.missing})
+        return "/".join(reasons) if reasons else "—"
+    cell = value_cell(s, row.measure.digits, row.planned)
+    return cell + (f"; {len(row.missing)} run(s) without a value" if row.missing else "")
 
 
 def _backbone_text(size: str | None, arch: str | None) -> str:
@@ -104,103 +94,159 @@ def _backbone_text(size: str | None, arch: str | None) -> str:
     return f"ViT-{SIZE_NAMES[size]}" + (f"/{patch}" if patch else "") + (f" @{img}px" if img else "")
 
 
-# --------------------------------------------------------------------------- tables
-RESULT_COLUMNS = [
-    "source",
-    "method",
-    "backbone",
-    "PT epochs",
-    "PT cost",
-    "PT final loss",
-    "FT top-1",
-    "LP top-1",
-    "COCO AP box",
-    "COCO AP mask",
-    "ADE mIoU",
-    f"pos. probe top-1 @{PROBE_RATIO:g}",
-    f"pos. probe within-1 @{PROBE_RATIO:g}",
-]
+def _inits(runs: list[RunResults]) -> list[str]:
+    return list(dict.fromkeys(r.method for r in runs))
 
 
-def _transfer_cell(value: float | None, key: str, gains: dict[str, float]) -> str:
-    """A paper's transfer number, or the gain over MAE it states instead."""
-    if value is not None:
-        return fmt(value)
-    return f"MAE +{gains[key]:g}" if key in gains else "—"
+def _size(runs: list[RunResults]) -> str | None:
+    return next((r.size for r in runs if r.size), None)
 
 
-def results_table(runs: list[RunResults], include_paper: bool = True) -> tuple[list[str], list[list[str]]]:
-    """One row per run (cost beside it), then the papers' rows."""
-    rows = []
-    for run in runs:
-        v = run_values(run)
-        rows.append(
-            ["this run: " + run.name, run.label, _backbone_text(run.size, run.arch)]
-            + [v[c] for c in RESULT_COLUMNS[3:]]
-        )
-    if include_paper:
-        for p in PAPER_ROWS:
-            gains = GAINS_OVER_MAE.get(p.method, {}) if p.variant.endswith("(transfer)") else {}
-            rows.append(
-                [
-                    f"paper: {p.source}",
-                    p.variant,
-                    p.arch,
-                    fmt(p.epochs, 0) if p.epochs else "n/s",
-                    "—",
-                    "—",
-                    fmt(p.finetune_top1),
-                    "—",
-                    _transfer_cell(p.coco_box_ap, "coco_box_ap", gains),
-                    _transfer_cell(p.coco_mask_ap, "coco_mask_ap", gains),
-                    _transfer_cell(p.ade_miou, "ade_miou", gains),
-                    "—",
-                    "—",
-                ]
-            )
-    return RESULT_COLUMNS, rows
-
-
-SIDE_ROWS = RESULT_COLUMNS[3:]  # the measures, without source / method / backbone
-
-
-def _paper_cell(method: str, size: str, row: str) -> str:
-    """A method's headline paper number for a table row (same size, else ViT-B)."""
-    ref = headline(method, size) or headline(method, "base")
+# --------------------------------------------------------------------------- this suite
+def _paper_cell(method: str, size: str, key: str | None) -> str:
+    """A method's paper number for a measure (same size, else ViT-B), with its protocol."""
+    if key is None or method == SCRATCH:
+        return "—"
+    ref = None
+    for sz in (size, "base"):
+        head = headline(method, sz)
+        if ref is None:
+            ref = head if head is not None and getattr(head, key) is not None else reference_number(method, sz, key)
     if ref is None:
-        return "—"
-    base = [p for p in PAPER_ROWS if p.method == method and p.size == ref.size]
-    if row == "PT epochs":
-        return fmt(ref.epochs, 0) if ref.epochs else "n/s"
-    if row == "FT top-1":
-        return fmt(ref.finetune_top1)
-    key = {"COCO AP box": "coco_box_ap", "COCO AP mask": "coco_mask_ap", "ADE mIoU": "ade_miou"}.get(row)
-    if key is None:
-        return "—"
-    vals = [getattr(p, key) for p in base if getattr(p, key) is not None and "ViTDet" not in p.variant]
-    if vals:
-        return fmt(vals[0])
-    gains = GAINS_OVER_MAE.get(method, {})
-    return f"MAE +{gains[key]:g}" if key in gains and ref.size == "base" else "—"
+        gains = GAINS_OVER_MAE.get(method, {})
+        return f"MAE +{gains[key]:g}" if key in gains else "—"
+    value = paper_value(getattr(ref, key))
+    proto = ref.protocols.get(key, "")
+    return f"{value} ({proto})" if proto and not key.endswith("top1") else value
 
 
-def side_by_side_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    """Rows = measures; columns = this suite's runs (DropPos, MAE, AdPE ...) then each method's paper numbers."""
-    names = [r.label if sum(x.method == r.method for x in runs) == 1 else f"{r.label} ({r.name})" for r in runs]
-    size = next((r.size for r in runs if r.size), "base")
-    paper_methods = [m for m in METHOD_ORDER if any(r.method == m for r in runs)] or list(METHOD_ORDER)
-    paper_heads = []
+def side_by_side_table(runs: list[RunResults], rows: dict) -> tuple[list[str], list[list[str]]]:
+    """Rows = measures; columns = the initialisations (DropPos, MAE, AdPE, scratch), then the papers' numbers."""
+    inits = _inits(runs)
+    size = _size(runs) or "base"
+    methods = [m for m in METHOD_ORDER if m != SCRATCH]
+    paper_methods = [m for m in methods if m in inits] or methods
+    heads = []
     for m in paper_methods:
         ref = headline(m, size) or headline(m, "base")
-        paper_heads.append(f"{METHOD_NAMES[m]} paper ({ref.arch})" if ref else f"{METHOD_NAMES[m]} paper")
-    values = [run_values(r) for r in runs]
-    header = ["measure"] + [f"{n} (this run)" for n in names] + paper_heads
-    rows = [[row] + [v[row] for v in values] + [_paper_cell(m, size, row) for m in paper_methods] for row in SIDE_ROWS]
-    return header, rows
+        heads.append(f"{METHOD_NAMES[m]} paper ({ref.arch})" if ref else f"{METHOD_NAMES[m]} paper")
+    header = ["measure"] + [f"{METHOD_NAMES.get(i, i)} (this suite)" for i in inits] + heads
+    out = []
+    for measure in (PRETRAIN_LOSS, *MEASURES):
+        out.append(
+            [measure.label]
+            + [row_cell(rows.get((i, measure.label))) for i in inits]
+            + [_paper_cell(m, size, measure.paper_key) for m in paper_methods]
+        )
+    return header, out
+
+
+def _difference(row: SeedRow, ref: SeedRow | None) -> str:
+    """``row - ref`` with Welch's interval and verdict; no verdict across different budgets or image sizes."""
+    if ref is None or row is ref:
+        return "reference" if row is ref else "—"
+    a, b = row.summary, ref.summary
+    if a is None or b is None or row.protocol is None or ref.protocol is None:
+        return "—"
+    pairs = zip(row.protocol[1:], ref.protocol[1:])  # budget and image size
+    differ = [f"{x} vs {y}" for x, y in pairs if x != y and "not recorded" not in x + y]
+    if differ:
+        return f"not compared: protocols differ ({'; '.join(differ)})"
+    return difference_cell(welch(a, b), row.measure.digits)
+
+
+def _versus_paper(row: SeedRow, size: str | None) -> str:
+    """The run's mean against the paper's number of the same backbone size, with the published spread if any."""
+    key = row.measure.paper_key
+    s = row.summary
+    if key is None or s is None or size is None or row.init == SCRATCH:
+        return "—"
+    ref = reference_number(row.init, size, key)
+    if ref is None:
+        return "—"
+    value = getattr(ref, key)
+    spread = ref.spreads.get(key)
+    head = f"{paper_value(value)} ({ref.source}): "
+    if spread is None:
+        return head + f"{s.mean - value:+.{row.measure.digits}f} (no published spread, no verdict)"
+    std, n, where = spread
+    paper = Summary(value, std, n or 1, df=None if n else float("inf"))
+    return head + difference_cell(welch(s, paper), row.measure.digits) + f" (spread: {where})"
+
+
+def comparison_table(runs: list[RunResults], rows: dict) -> tuple[list[str], list[list[str]]]:
+    """Per task and initialisation: mean ± std (n), the differences to scratch and to MAE, the paper, the protocol."""
+    inits = _inits(runs)
+    size = _size(runs)
+    header = [
+        "measure",
+        "initialisation",
+        "mean ± std (n)",
+        "vs scratch",
+        "vs MAE",
+        "vs paper (same backbone)",
+        "protocol (recipe; budget; image size; seeds)",
+    ]
+    out = []
+    for measure in MEASURES:
+        scratch, mae = rows.get((SCRATCH, measure.label)), rows.get(("mae", measure.label))
+        for init in inits:
+            row = rows[(init, measure.label)]
+            out.append(
+                [
+                    measure.label,
+                    METHOD_NAMES.get(init, init),
+                    row_cell(row),
+                    _difference(row, scratch),
+                    _difference(row, mae),
+                    _versus_paper(row, size),
+                    row.protocol_text(),
+                ]
+            )
+    return header, out
+
+
+def pretraining_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """Per pretraining run: backbone, epochs, cost, final loss, recipe (pooled over seeds: the side-by-side table)."""
+    header = ["run", "backbone", "PT epochs", "PT cost", "PT final loss", "recipe"]
+    out = []
+    for run in runs:
+        if "pretrain" not in run.metrics:
+            continue
+        recipe = run.protocol.get("stages", {}).get("pretrain", {}).get("recipe", "recipe not recorded")
+        out.append(
+            [
+                run_name(run),
+                _backbone_text(run.size, run.arch),
+                fmt(run.epochs, 0),
+                cost_text(run.cost),
+                fmt(run.final.get("loss"), 4),
+                recipe,
+            ]
+        )
+    return header, out
+
+
+def results_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """One row per run folder (every seed), its own values: the per-run CSV."""
+    header = ["run", "initialisation", "backbone", "seed"] + [m.label for m in (PRETRAIN_LOSS, *MEASURES)]
+    out = []
+    for run in runs:
+        seeds = sorted({s for s in (run.seed(st) for st in run.metrics if st != "pretrain") if s is not None})
+        values = []
+        for m in (PRETRAIN_LOSS, *MEASURES):
+            got = m.read(run.metrics[m.stage]) if m.stage in run.metrics else None
+            values.append(fmt(got, m.digits))
+        out.append(
+            [run_name(run), METHOD_NAMES.get(run.method, run.method), _backbone_text(run.size, run.arch)]
+            + [",".join(map(str, seeds)) or "n/s"]
+            + values
+        )
+    return header, out
 
 
 def probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    """Top-1 / within-one-cell position accuracy (%) per drop ratio and run."""
+    """Top-1 / within-one-cell position accuracy (%) per drop ratio and run folder."""
     ratios = sorted({r["drop_ratio"] for run in runs for r in run.metrics.get("position_probe", {}).get("results", [])})
     header = ["run", "grid", "replacement"] + [f"drop {x:g}: top-1 / within-1" for x in ratios] + ["chance top-1"]
     rows = []
@@ -211,15 +257,30 @@ def probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
         by = {r["drop_ratio"]: r for r in m["results"]}
         grid = "x".join(str(g) for g in m.get("grid", [])) or "?"
         rows.append(
-            [run.label, grid, str(m.get("replacement", "?"))]
+            [run_name(run), grid, str(m.get("replacement", "?"))]
             + [f"{100 * by[x]['top1']:.1f} / {100 * by[x]['within1']:.1f}" if x in by else "—" for x in ratios]
-            + [f"{100 * m['results'][0]['chance']:.1f}"]
+            + [f"{100 * probe_at(m)['chance']:.1f}"]
         )
     return header, rows
 
 
+def finetuned_probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
+    """The paper's §4.3: position-probe accuracy of each pretrained encoder beside its fine-tuned copies."""
+    from .finetuned_probe import rows_table
+
+    header, rows = [], []
+    for run in runs:
+        m = run.metrics.get("finetuned_probe")
+        if not m:
+            continue
+        head, table = rows_table(m)
+        header = ["run", *head]
+        rows += [[run_name(run), *cells] for cells in table]
+    return header, rows
+
+
 def stages_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    """Per run and stage: done / skipped / failed and the wall time (from stage_status.json)."""
+    """Per run folder and stage: done / skipped / failed and the wall time (from stage_status.json)."""
     header = ["run"] + list(STAGES)
     rows = []
     for run in runs:
@@ -230,39 +291,35 @@ def stages_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
             secs = st.get("wall_seconds")
             reason = f": {st['reason']}" if st.get("reason") and state != "done" else ""
             cells.append(f"{state}{reason}" + (f" ({secs / 60:.1f} min)" if isinstance(secs, (int, float)) else ""))
-        rows.append([run.label] + cells)
+        rows.append([run_name(run)] + cells)
     return header, rows
 
 
+# --------------------------------------------------------------------------- the papers
 def paper_table() -> tuple[list[str], list[list[str]]]:
-    """Every result the papers report (``analysis.paper_numbers``), one row each."""
-    header = [
-        "method",
-        "variant",
-        "backbone",
-        "PT epochs",
-        "FT top-1",
-        "COCO AP box",
-        "COCO AP mask",
-        "ADE mIoU",
-        "source",
-        "note",
-    ]
-    rows = [
-        [
-            METHOD_NAMES[p.method],
-            p.variant,
-            p.arch,
-            fmt(p.epochs, 0) if p.epochs else "n/s",
-            fmt(p.finetune_top1),
-            fmt(p.coco_box_ap),
-            fmt(p.coco_mask_ap),
-            fmt(p.ade_miou),
-            p.source,
-            p.note,
-        ]
-        for p in PAPER_ROWS
-    ]
+    """Every number the papers report (``analysis.paper_numbers``), one per row, with source and protocol."""
+    header = ["method", "variant", "backbone", "PT epochs", "task", "value", "published spread", "protocol", "source"]
+    header.append("note")
+    rows = []
+    for p in PAPER_ROWS:
+        values = p.values() or {k: None for k in GAINS_OVER_MAE.get(p.method, {})}
+        for key, value in values.items():
+            spread = p.spreads.get(key)
+            gain = GAINS_OVER_MAE.get(p.method, {}).get(key)
+            rows.append(
+                [
+                    METHOD_NAMES[p.method],
+                    p.variant,
+                    p.arch,
+                    fmt(p.epochs, 0) if p.epochs else "n/s",
+                    MEASURE_NAMES[key],
+                    paper_value(value) if value is not None else f"MAE +{gain:g}",
+                    f"± {spread[0]:g} ({spread[2]})" if spread else "—",
+                    p.protocols.get(key, "as stated in the source"),
+                    p.source,
+                    p.note,
+                ]
+            )
     return header, rows
 
 
@@ -285,42 +342,63 @@ def write_csv(header: list[str], rows: list[list[str]], path: Path) -> Path:
     return path
 
 
+LEGEND = (
+    "FT = fine-tuning, LP = linear probe, k-NN = weighted k-NN (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU "
+    "in %; scratch = the same transfer recipe and seeds from a random initialisation. Cells: mean ± standard "
+    "deviation over seeds (n = runs that gave a value; 'of N planned' when seeds are missing). "
+    f"Differences ('vs scratch', 'vs MAE', 'vs paper'): {TEST_NAME} on the difference of the means, "
+    "'beyond noise' when the interval excludes zero; with one seed on a side: 'one seed, no noise estimate'. "
+    "Paper numbers: see 'Reported in the papers' for each number's source and protocol; "
+    "n/s = not stated; 'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table. "
+    "Per-seed values: results.csv and per_seed.csv."
+)
+
+
 def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = True) -> tuple[str, list[RunResults]]:
-    """Collect the runs, write the CSV files and return the Markdown (also written to tables.md).
+    """Collect the runs, write the CSV files and the comparison picture; return the Markdown (also tables.md).
 
     ``stages=False`` leaves the per-stage status table out of the Markdown (the CSV is still written).
     """
     out = Path(out)
     runs = collect_runs(run_dirs)
-    parts = []
+    rows = build_rows(runs)
     sections = [
         (
-            "Side by side (this suite's runs next to each paper's headline numbers)",
-            side_by_side_table(runs),
+            "Side by side (each initialisation's seeds pooled, each paper's numbers beside)",
+            side_by_side_table(runs, rows),
             "side_by_side.csv",
         ),
-        ("All results, pretraining cost beside each row", results_table(runs), "results.csv"),
+        ("Comparison by task: differences, noise verdicts, protocols", comparison_table(runs, rows), "comparison.csv"),
+        ("Pretraining runs", pretraining_table(runs), "pretraining.csv"),
         (
             "Position-prediction probe (top-1 / within one cell, % of held-out tokens)",
             probe_table(runs),
             "position_probe.csv",
         ),
+        (
+            "Position awareness of pretrained vs fine-tuned backbones (DropPos §4.3; position probe, % of tokens)",
+            finetuned_probe_table(runs),
+            "finetuned_probe.csv",
+        ),
         ("Stages", stages_table(runs), "stages.csv"),
         ("Reported in the papers", paper_table(), "paper_numbers.csv"),
     ]
-    for title, (header, rows), csv_name in sections:
-        write_csv(header, rows, out / csv_name)
+    parts = []
+    for title, (header, table), csv_name in sections:
+        write_csv(header, table, out / csv_name)
         if csv_name == "stages.csv" and not stages:
             continue
-        parts.append(f"### {title}\n\n" + (to_markdown(header, rows) if rows else "(no results)"))
+        parts.append(f"### {title}\n\n" + (to_markdown(header, table) if table else "(no results)"))
+    write_csv(*results_table(runs), out / "results.csv")
+    write_csv(*per_seed_rows(rows), out / "per_seed.csv")
+    md = "\n\n".join(parts) + "\n\n" + LEGEND + "\n"
+    try:
+        from .comparison_picture import plot_comparison
+
+        plot_comparison(rows, out / COMPARISON_PICTURE)
+    except Exception as exc:  # a picture must never sink the tables
+        md += f"\nComparison picture not made: {type(exc).__name__}: {exc}\n"
     notes = [w for r in runs for w in r.warnings]
-    legend = (
-        "FT = fine-tuning, LP = linear probe (top-1 %); COCO AP (Mask R-CNN) and ADE20K mIoU in %; "
-        "PT cost = pretraining wall time (GPU hours: wall x GPUs; min (CPU): wall minutes on a CPU run); "
-        "n/s = not stated; "
-        "'MAE +x' = stated only as a gain over MAE ViT-B; skipped / failed: see the Stages table."
-    )
-    md = "\n\n".join(parts) + "\n\n" + legend + "\n"
     if notes:
         md += "\nNotes:\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     out.mkdir(parents=True, exist_ok=True)
@@ -331,7 +409,7 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
 def main(argv: list[str] | None = None) -> int:
     """Build the tables of the given run folders; 1 with the file and the problem if one is malformed."""
     p = argparse.ArgumentParser("comparison tables from metrics JSON files")
-    p.add_argument("run_dirs", nargs="+", help="one folder per pretraining run (its evaluations below it)")
+    p.add_argument("run_dirs", nargs="+", help="one folder per initialisation (its seeds' folders below it)")
     p.add_argument("--out", default="report", help="output folder for tables.md and the CSV files")
     args = p.parse_args(argv)
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from classification.opencv_geometry import one_opencv_thread
-from pretrain.data.imagefolder import ImageFolderDataset
+from pretrain.data.imagefolder import ImageFolderDataset, drop_missing_collate
 from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_eval_transform
 from pretrain.engine import distributed as du
 from pretrain.engine.sampler import ResumableSampler
@@ -130,9 +130,24 @@ def batch_finish(transform, device: torch.device):
     return finish(device) if finish is not None else Uint8Normalize()
 
 
-def image_dataset(cfg: DictConfig, split: str, transform) -> Dataset:
-    """ImageFolder split with a transform, limited to ``data.limit`` images when set (evenly spread)."""
-    ds = ImageFolderDataset(cfg.data.path, split=split, transform=transform, skip_bad=bool(cfg.data.skip_bad))
+_OPENED: dict[str, ImageFolderDataset] = {}  # split -> the dataset this process last opened for it
+
+
+def opened_dataset(split: str) -> ImageFolderDataset | None:
+    """The ImageFolder this process last opened for ``split`` (its bad-file tally goes into the metrics)."""
+    return _OPENED.get(split)
+
+
+def image_dataset(cfg: DictConfig, split: str, transform, substitute: bool = True) -> Dataset:
+    """ImageFolder split with a transform, limited to ``data.limit`` images when set (evenly spread).
+
+    With ``data.skip_bad`` a bad training image is replaced by the next readable one
+    (``substitute``); an evaluation split drops it instead (``substitute=False``), so an
+    accuracy is never computed over duplicated images, and reports the smaller n.
+    """
+    ds = ImageFolderDataset(cfg.data.path, split=split, transform=transform, skip_bad=bool(cfg.data.skip_bad),
+                            substitute=substitute)
+    _OPENED[split] = ds
     limit = int(cfg.data.limit)
     if limit and limit < len(ds):
         keep = torch.linspace(0, len(ds) - 1, limit).round().long().tolist()  # every class stays present
@@ -143,9 +158,10 @@ def image_dataset(cfg: DictConfig, split: str, transform) -> Dataset:
 
 
 def eval_dataset(cfg: DictConfig, split: str | None = None) -> Dataset:
-    """Evaluation split with the reference eval transform (Resize size / crop_pct, CenterCrop, bicubic)."""
+    """Evaluation split with the reference eval transform (Resize size / crop_pct, CenterCrop, bicubic);
+    unreadable images are dropped (with ``data.skip_bad``), never replaced."""
     transform = build_eval_transform(int(cfg.model.img_size), crop_pct=float(cfg.data.crop_pct))
-    return image_dataset(cfg, split or cfg.data.val_split, transform)
+    return image_dataset(cfg, split or cfg.data.val_split, transform, substitute=False)
 
 
 def train_loader(
@@ -175,11 +191,12 @@ def train_loader(
 
 
 def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    """This rank's disjoint share of ``dataset``, in order, no padding."""
+    """This rank's disjoint share of ``dataset``, in order, no padding; skipped (None) samples left out."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=ShardSampler(len(dataset), du.get_rank(), du.get_world_size()),
+        collate_fn=drop_missing_collate,
         num_workers=workers,
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),

@@ -27,12 +27,16 @@ def evaluate(
     """Run ``model`` (eval mode) over ``loader``'s (input, target) batches.
 
     Returns {"top1", "top5" (percent), "loss" (mean cross-entropy), "count"}. With
-    fewer than 5 classes, top-5 counts the top-C predictions (so it is 100).
+    fewer than 5 classes, top-5 counts the top-C predictions (so it is 100). Images skipped as
+    unreadable (``data.skip_bad``) are not in ``count``: the scores are over the images read.
     """
     was_training = model.training
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
-    for inputs, target in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch was unreadable and skipped
+            continue
+        inputs, target = batch[0], batch[1]
         inputs = inputs.to(device, non_blocking=True)
         target = target.to(device, non_blocking=True)
         with autocast_context(device, precision):

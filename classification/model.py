@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -115,12 +115,22 @@ class ProbeHead(nn.Module):
 
 
 class FrozenProbe(nn.Module):
-    """Frozen encoder (pre-logits features) followed by a trainable :class:`ProbeHead`: images -> logits."""
+    """Frozen encoder followed by a trainable head: images -> logits.
 
-    def __init__(self, encoder: VisionTransformer, head: ProbeHead) -> None:
+    ``features(encoder, images)`` picks what the head sees: the pooled pre-logits feature
+    (default, :func:`encoder_features`, for :class:`ProbeHead`) or the tokens (:func:`encoder_tokens`).
+    """
+
+    def __init__(
+        self,
+        encoder: VisionTransformer,
+        head: nn.Module,
+        features: Callable[[VisionTransformer, torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.features = features or encoder_features
 
     def train(self, mode: bool = True) -> "FrozenProbe":
         """Only the head switches modes; the frozen encoder always runs in eval mode."""
@@ -130,10 +140,20 @@ class FrozenProbe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            feats = encoder_features(self.encoder, x)
+            feats = self.features(self.encoder, x)
         return self.head(feats)
 
 
 def encoder_features(encoder: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """Pooled pre-logits features [B, D] (cls token or patch mean, per the model's global_pool)."""
     return encoder.forward_head(encoder.forward_features(x), pre_logits=True)
+
+
+def encoder_tokens(encoder: VisionTransformer, x: torch.Tensor, include_cls: bool = False) -> torch.Tensor:
+    """Output tokens [B, N, D] after the encoder's final norm: the patch tokens, the cls token first if asked.
+
+    Build the encoder with ``global_pool='token'`` so that the final norm is the pretrained one
+    (with 'avg' timm replaces it by an identity and normalises after pooling).
+    """
+    tokens = encoder.forward_features(x)
+    return tokens if include_cls else tokens[:, encoder.num_prefix_tokens:]

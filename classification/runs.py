@@ -16,12 +16,14 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from pretrain.data.imagefolder import BadImageTally, skip_message
 from pretrain.engine import distributed as du
 from pretrain.engine.config import ConfigError
 from pretrain.engine.hooks import Hook
 from pretrain.engine.run import RunEnv, TrainingRun, loop_config
 from pretrain.engine.trainer import Trainer
 
+from .data import opened_dataset
 from .load import LoadReport, PretrainedEncoder, load_pretrained, read_pretrained
 from .loop import EvaluationHook, final_scores
 from .model import needs_rel_pos
@@ -98,12 +100,23 @@ def train_and_finish(
     """The part every classification protocol shares: Trainer (+ evaluation hook), resume,
     fit, a last evaluation if the run stopped early, ``classification_metrics.json``."""
     base_state = run_dir.extra_state(task=cfg.task)
+    # training images are read every epoch unless a probe cached their features (read again at each start)
+    per_epoch = not OmegaConf.select(cfg, "probe.cache_features", default=False)
+    train_tally = BadImageTally(opened_dataset(cfg.data.train_split))
     trainer = Trainer(
         run_dir.wrap(model), optimizer, loader, sampler, step_fn, loop_config(cfg, lr), env.device, precision,
         run_dir.manager, run_dir.logger, scaler=scaler, hooks=[*hooks, evaluation],
         extra_state=(lambda: {**base_state(), **extra_state()}) if extra_state is not None else base_state,
+        rank_extra=lambda: {"train_images": train_tally.state()},
     )
-    resumed_from = run_dir.resume(trainer, on_load=on_load)
+
+    def loaded(ckpt: dict[str, Any]) -> None:
+        if per_epoch:
+            train_tally.restore([r.get("train_images", {}) for r in trainer.loaded_rank_extra], du.is_main_process())
+        if on_load is not None:
+            on_load(ckpt)
+
+    resumed_from = run_dir.resume(trainer, on_load=loaded)
     t0 = time.time()
     run_dir.fit(trainer)
     out = finish_metrics(cfg, cfg.task, trainer, evaluation, run_dir, {
@@ -119,9 +132,31 @@ def train_and_finish(
         "world_size": env.world,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "best_checkpoint": str(run_dir.out_dir / "best.pth"),
+        "data": bad_image_record(cfg, run_dir, train_tally),
     })
     du.barrier()
     return out
+
+
+def bad_image_record(cfg: DictConfig, run_dir: TrainingRun, train_tally: BadImageTally) -> dict[str, Any]:
+    """What ``data.skip_bad`` skipped, for the metrics JSON (counts, the first names) and the log (every name).
+
+    Training: each bad file once per epoch (over restarts); evaluation: the files dropped
+    from the split (never replaced), so the scores are over ``val.images - val.bad_files``.
+    """
+    train, train_files = train_tally.summary(du.all_gather_object(train_tally.state()))
+    val_tally = BadImageTally(opened_dataset(cfg.data.val_split))
+    val, val_files = val_tally.summary(du.all_gather_object(val_tally.state()))
+    val_set = opened_dataset(cfg.data.val_split)
+    del val["bad_image_skips"]  # per evaluation: the dropped files
+    record = {"skip_bad": bool(cfg.data.skip_bad), "train": train,
+              "val": {"images": len(val_set) if val_set is not None else None, **val}}
+    if cfg.data.skip_bad or train["bad_image_skips"] or val_files:
+        run_dir.print(skip_message(train, train_files, "training"))
+        if val_files:
+            run_dir.print(f"evaluation dropped {len(val_files)} unreadable files of {cfg.data.val_split} (scores are "
+                          f"over the {record['val']['images'] - len(val_files)} others): {', '.join(val_files)}")
+    return record
 
 
 def finish_metrics(
@@ -146,6 +181,7 @@ def finish_metrics(
         "epochs": int(cfg.train.epochs),
         "epochs_done": trainer.state.epoch,
         "steps": trainer.state.global_step,
+        "seed": int(cfg.train.seed),
         "checkpoint": str(cfg.checkpoint) if cfg.checkpoint not in (None, "", "none") else None,
         "arch": arch_name(cfg),
         "history": history,

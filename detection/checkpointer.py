@@ -2,7 +2,9 @@
 
 ``train.init_checkpoint`` may name any checkpoint ``pretrain.weights`` understands (this
 suite's pretraining runs, reference DropPos / MAE / AdPE files, timm ViT weights, exported
-backbones) or a Detectron2 checkpoint of this detector (resuming, evaluating). The former
+backbones of any target, MMEngine segmentors) or a Detectron2 checkpoint of this detector
+(resuming, evaluating). A Detectron2 file that holds only a backbone (``backbone.net.*``,
+``tools.convert_checkpoint --to detectron2``) takes the encoder path too. The former
 are read safely (weights only; a pickled ``argparse.Namespace`` is ignored), reduced to the
 timm-named encoder weights and renamed to ``backbone.net.<timm name>``; ViTDet uses neither
 the cls token nor the final norm, so those are dropped, and a position table pretrained at
@@ -12,13 +14,14 @@ is logged and kept, as its JSON record, in ``ViTDetCheckpointer.load_report``.
 """
 from __future__ import annotations
 
+import pickle
 from typing import Any
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from pretrain.encoder_loading import LoadReport, LoadRules, match_encoder
-from pretrain.weights import encoder_state_dict, load_checkpoint_file, model_state
+from pretrain.weights import CheckpointError, encoder_state_dict, load_checkpoint_file, model_state
 
 BACKBONE_PREFIX = "backbone.net."
 DETECTRON2_PREFIXES = ("backbone.", "proposal_generator.", "roi_heads.", "pixel_mean", "pixel_std")
@@ -34,9 +37,13 @@ VITDET_RULES = LoadRules(
 
 
 def is_detectron2_state(state: dict[str, Any]) -> bool:
-    """True for a state dict of a whole Detectron2 model (keys ``backbone.``, ``roi_heads.``...)."""
+    """True for a state dict of a whole Detectron2 model (keys ``backbone.``, ``roi_heads.``...).
+
+    A backbone alone (every key ``backbone.net.*``, an exported encoder) is not a whole model.
+    """
     keys = [k for k in state if isinstance(state[k], torch.Tensor)]
-    return bool(keys) and all(k.startswith(DETECTRON2_PREFIXES) for k in keys)
+    whole = any(not k.startswith(BACKBONE_PREFIX) for k in keys)
+    return bool(keys) and whole and all(k.startswith(DETECTRON2_PREFIXES) for k in keys)
 
 
 def encoder_to_vitdet(
@@ -58,6 +65,47 @@ def encoder_to_vitdet(
     return {k: v.clone().contiguous() for k, v in converted.items()}, report
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickle only what model-zoo ``.pkl`` files hold: containers, numbers, strings and numpy arrays.
+
+    Detectron2's own reader calls ``pickle.load``, which runs whatever a file names; this one
+    refuses every other global, so a file carrying a pickled callable stops with a message.
+    """
+
+    ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def __init__(self, file, filename: str) -> None:
+        super().__init__(file, encoding="latin1")
+        self.filename = filename
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise CheckpointError(f"refusing to read {self.filename}: it pickles {module}.{name}, which is not "
+                                  "weights; loading it could run code")
+        return super().find_class(module, name)
+
+
+def read_model_zoo_pickle(filename: str) -> dict[str, Any]:
+    """A Detectron2 / Detectron (Caffe2) model-zoo ``.pkl`` in the form Detectron2's checkpointer returns."""
+    with open(filename, "rb") as f:
+        data = _ArrayUnpickler(f, filename).load()
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{filename} holds a {type(data).__name__}, expected a dict of arrays")
+    if "model" in data and "__author__" in data:  # Detectron2 model-zoo format
+        return data
+    blobs = data.get("blobs", data)  # Caffe2 / Detectron1: detection models keep their weights under "blobs"
+    weights = {k: v for k, v in blobs.items() if not k.endswith("_momentum")}
+    return {"model": weights, "__author__": "Caffe2", "matching_heuristics": True}
+
+
 class ViTDetCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` that also reads pretraining checkpoints of any known format."""
 
@@ -66,8 +114,8 @@ class ViTDetCheckpointer(DetectionCheckpointer):
         self.load_report: dict[str, Any] | None = None  # LoadReport.to_dict() of the last file read
 
     def _load_file(self, filename: str) -> dict[str, Any]:
-        if filename.endswith(".pkl"):  # Detectron2 / Detectron model-zoo pickles
-            return super()._load_file(filename)
+        if filename.endswith(".pkl"):  # Detectron2 / Detectron model-zoo pickles, read without running code
+            return read_model_zoo_pickle(filename)
         ckpt = load_checkpoint_file(filename)
         inner = ckpt.get("model") if isinstance(ckpt.get("model"), dict) else ckpt
         if is_detectron2_state(inner):

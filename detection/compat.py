@@ -15,6 +15,10 @@ in for is missing, so a full official build (or Detectron2 main) is left untouch
   is back in NumPy 2); v0.6 uses ``np.int`` in the dataset class histogram that every
   training run prints, and ``np.bool`` for empty polygons.
 
+Besides, ``name_unreadable_images()`` makes Detectron2's ``read_image`` raise the suite's
+``BadImageError`` naming the file (PIL's own errors do not say which file), so that a
+broken image ends a run with one ``error:`` line (``detection.train_net``).
+
 ``apply_detectron2_shims()`` runs when the ``detection`` package is imported, before any
 Detectron2 import in the package.
 """
@@ -103,3 +107,26 @@ def apply_detectron2_shims() -> list[str]:
     applied += _alias_numpy_types()
     _APPLIED.extend(applied or ["none"])
     return list(_APPLIED)
+
+
+def name_unreadable_images() -> bool:
+    """Wrap ``detectron2.data.detection_utils.read_image`` (once) so a file that cannot be read
+    raises ``pretrain.data.imagefolder.BadImageError`` with its path. EXIF orientation is
+    still applied by Detectron2, as the suite's own loaders do."""
+    from detectron2.data import detection_utils
+
+    from pretrain.data.imagefolder import BadImageError
+
+    original = detection_utils.read_image
+    if getattr(original, "names_bad_files", False):
+        return False
+
+    def read_image(file_name, format=None):
+        try:
+            return original(file_name, format)
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated / non-image files
+            raise BadImageError(file_name, exc) from exc
+
+    read_image.names_bad_files = True
+    detection_utils.read_image = read_image
+    return True

@@ -10,8 +10,10 @@ the root, and the call returns the dataset name that Detectron2's loaders and
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 from pretrain.data.validate import validate_coco_json
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -71,3 +73,40 @@ def coco_folder(root: str | os.PathLike, split: str = "train") -> str:
     ``root/annotations/instances_*.json``); return its name."""
     root = Path(root)
     return register_coco_split(root / "annotations" / f"instances_{SPLIT_DIRS[split]}.json", root / SPLIT_DIRS[split])
+
+
+def dataset_categories(name: str) -> int | None:
+    """Number of categories of a registered dataset: its metadata's ``thing_classes``, else its
+    json's ``categories`` (None when neither is known)."""
+    meta = MetadataCatalog.get(name)
+    classes = getattr(meta, "thing_classes", None)
+    if classes:
+        return len(classes)
+    json_file = getattr(meta, "json_file", None)
+    if json_file and os.path.isfile(json_file):
+        with open(json_file) as f:
+            return len(json.load(f).get("categories", []))
+    return None
+
+
+def check_num_classes(cfg: Any) -> None:
+    """Refuse a ``model.roi_heads.num_classes`` that differs from the training data's category count.
+
+    Detectron2 trains categories past ``num_classes`` as background and exits 0 without a
+    word (and more classes than categories leave heads that never see a target).
+    """
+    from detectron2.config import instantiate
+
+    from pretrain.engine.config import ConfigError
+
+    heads = cfg.model.get("roi_heads") if "model" in cfg else None
+    configured = heads.get("num_classes") if heads is not None else None
+    if configured is None or "train" not in cfg.dataloader:
+        return
+    names = cfg.dataloader.train.dataset.names
+    names = instantiate(names)  # a LazyCall (builtin_coco, coco_folder) registers and returns the name
+    for name in [names] if isinstance(names, str) else list(names):
+        found = dataset_categories(name)
+        if found is not None and found != int(configured):
+            raise ConfigError(f"model.roi_heads.num_classes={configured} but the training data {name} has {found} "
+                              f"categories: set model.roi_heads.num_classes={found}")

@@ -38,8 +38,10 @@ from detectron2.utils import comm
 from omegaconf import OmegaConf
 
 from detection.checkpointer import ViTDetCheckpointer
-from detection.compat import apply_detectron2_shims, has_compiled_ops
+from detection.compat import apply_detectron2_shims, has_compiled_ops, name_unreadable_images
+from detection.datasets import check_num_classes
 from pretrain.atomic import atomic_write_json
+from pretrain.engine.cli import run_guarded
 
 logger = logging.getLogger("detectron2")
 
@@ -215,6 +217,8 @@ def main(args: Any) -> dict[str, Any]:
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides(cfg, args.opts)
     resolve_device(cfg)
+    check_num_classes(cfg)  # before any output: a config that cannot fit the data
+    name_unreadable_images()
     default_setup(cfg, args)  # logger, environment info, config.yaml in output_dir, seed
 
     if args.eval_only:
@@ -236,17 +240,27 @@ def main(args: Any) -> dict[str, Any]:
     return record
 
 
-def invoke_main() -> None:
-    args = default_argument_parser().parse_args()
-    launch(
+# Unreadable image: Detectron2's loader has no skip option, the file has to go from the json
+BAD_IMAGE_HINT = ("fix the file or remove it and its annotations from the json; "
+                  "python -m pretrain.data.validate imagefolder IMAGE_DIR decodes every image")
+
+
+def invoke_main(argv: list[str] | None = None) -> int:
+    """Command line: exit 0, 2 on a config that does not fit the data, 1 with one ``error:`` line on
+    a known failure (unreadable image or checkpoint, broken annotations); ``DROPPOS_DEBUG=1``: tracebacks."""
+    from pretrain.data.validate import DatasetError
+    from pretrain.weights import CheckpointError
+
+    args = default_argument_parser().parse_args(argv)
+    return run_guarded(lambda: launch(
         main,
         args.num_gpus if torch.cuda.is_available() else 1,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
-    )
+    ), known=(DatasetError, CheckpointError), skip_hint=BAD_IMAGE_HINT)
 
 
 if __name__ == "__main__":
-    invoke_main()
+    raise SystemExit(invoke_main())

@@ -13,9 +13,17 @@ Every transfer task loads the same thing, a plain encoder state dict
 position table of another grid bicubically (cls row kept) and refuses what the
 rules forbid; :func:`load_encoder_into` also copies the tensors into a model and
 checks that they took. Both return a :class:`LoadReport`.
+
+One refusal rule holds for every target: a load that leaves any of the target's
+*encoder* weights (patch embedding, cls token, position table, block norms,
+attention and MLP, final norm) at their initialisation is refused, unless those
+keys are asked for by name in ``LoadRules.partial`` (glob patterns of timm names).
+Weights a pretrained encoder never has (layer scale, relative-position tables,
+heads, necks) may stay new.
 """
 from __future__ import annotations
 
+import fnmatch
 import math
 import os
 import re
@@ -37,7 +45,8 @@ class LoadRules:
 
     Attributes:
         prefix: target name = ``prefix`` + timm name (``"backbone.net."`` in ViTDet).
-        skip: timm keys the target never takes, with the reason shown in the report.
+        skip: timm keys (or glob patterns) the target never takes, with the reason shown
+            in the report.
         grid: the target's patch grid for a resized ``pos_embed`` (None: the square
             grid of the target table's rows).
         strict: every other encoder key must load; a key the target lacks or a
@@ -45,6 +54,9 @@ class LoadRules:
         allowed_new: target keys that may keep their initialisation (None: any).
         require_blocks: refuse a load in which no transformer block weight fits.
         hint: what to check, shown in the errors.
+        partial: glob patterns of timm names of encoder weights that may keep their
+            initialisation (``("cls_token", "norm.*")`` for a detector's backbone);
+            any other encoder weight left new refuses the load.
     """
 
     prefix: str = ""
@@ -54,6 +66,7 @@ class LoadRules:
     allowed_new: frozenset[str] | None = None
     require_blocks: bool = True
     hint: str = ""
+    partial: tuple[str, ...] = ()
 
 
 @dataclass
@@ -77,6 +90,7 @@ class LoadReport:
     method: str | None = None
     dropped_from_file: list[str] = field(default_factory=list)  # non-encoder keys of the file (decoder ...)
     ignored_objects: list[str] = field(default_factory=list)  # pickled non-tensor objects (argparse.Namespace)
+    partial: list[str] = field(default_factory=list)  # encoder weights left at init because asked for by name
 
     @property
     def unused(self) -> list[str]:
@@ -91,10 +105,14 @@ class LoadReport:
             about = f" (format: {self.format}, pretraining method: {self.method or 'unknown'})"
         lines = [
             f"encoder weights from {self.source}{about}",
-            f"  loaded {len(self.loaded)} encoder tensors",
+            f"  loaded {len(self.loaded)} encoder tensors (new {len(self.new)}, unexpected {len(self.unexpected)}, "
+            f"shape mismatch {len(self.mismatched)}, skipped {len(self.skipped)}, reshaped {len(self.resized)})",
             f"  newly initialised ({len(self.new)}): {group_keys(self.new) or '(none)'}",
         ]
         lines += [f"  resized {k}: {how}" for k, how in self.resized.items()]
+        if self.partial:
+            lines.append(f"  partial load asked for: left at initialisation ({len(self.partial)}): "
+                         f"{group_keys(self.partial)}")
         by_reason: dict[str, list[str]] = {}
         for key, why in self.skipped.items():
             by_reason.setdefault(why, []).append(key)
@@ -177,8 +195,9 @@ def match_encoder(
     report = LoadReport(source=source)
     out: dict[str, torch.Tensor] = {}
     for key, value in encoder.items():
-        if key in rules.skip:
-            report.skipped[key] = rules.skip[key]
+        why = skip_reason(key, rules.skip)
+        if why is not None:
+            report.skipped[key] = why
             continue
         name = rules.prefix + key
         if name not in target:
@@ -196,6 +215,31 @@ def match_encoder(
     report.unexpected.sort()
     _refuse(report, rules, sorted(encoder))
     return out, report
+
+
+# Target weights (timm names) every pretrained ViT encoder provides; none may stay new unasked.
+ENCODER_WEIGHT = re.compile(
+    r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)"
+    r"|blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias))$"
+)
+
+
+def skip_reason(key: str, skip: Mapping[str, str]) -> str | None:
+    """Why ``skip`` leaves ``key`` out (exact name first, then glob patterns), or None."""
+    if key in skip:
+        return skip[key]
+    return next((why for pattern, why in skip.items() if fnmatch.fnmatchcase(key, pattern)), None)
+
+
+def left_at_init(report: LoadReport, rules: LoadRules) -> tuple[list[str], list[str]]:
+    """Target encoder weights the load left new: (refused, allowed by ``rules.partial``), target names."""
+    refused, allowed = [], []
+    for key in report.new:
+        name = key[len(rules.prefix):] if key.startswith(rules.prefix) else None
+        if name is None or not ENCODER_WEIGHT.match(name):
+            continue
+        (allowed if any(fnmatch.fnmatchcase(name, p) for p in rules.partial) else refused).append(key)
+    return refused, allowed
 
 
 def _refuse(report: LoadReport, rules: LoadRules, encoder_keys: list[str]) -> None:
@@ -220,6 +264,18 @@ def _refuse(report: LoadReport, rules: LoadRules, encoder_keys: list[str]) -> No
             expected = f"; expected only {sorted(rules.allowed_new)} to be new" if rules.allowed_new else ""
             raise CheckpointError(
                 f"{src} lacks encoder weights the model needs ({len(extra)}): {', '.join(extra[:50])}{expected}")
+    refused, report.partial = left_at_init(report, rules)
+    if refused:
+        names = sorted({_module_pattern(k[len(rules.prefix):]) for k in refused})
+        raise CheckpointError(
+            f"{src} would leave encoder weights at their initialisation ({len(refused)}): "
+            f"{group_keys(refused, most=6)}{hint}; to accept a partial load, name them: partial={tuple(names[:12])}")
+
+
+def _module_pattern(name: str) -> str:
+    """``blocks.11.mlp.fc1.weight`` -> ``blocks.11.*``; ``norm.bias`` -> ``norm.*``; ``cls_token`` stays."""
+    m = re.match(r"^(blocks\.\d+|patch_embed|norm)\.", name)
+    return f"{m.group(1)}.*" if m else name
 
 
 def load_encoder_into(

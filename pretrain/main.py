@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .weights import atomic_torch_save, encoder_state_dict
 from .engine import distributed as du
@@ -29,6 +29,7 @@ from .engine.optim import build_adamw
 from .engine.run import TrainingRun, loop_config, start_run, total_batch_and_lr
 from .engine.sampler import ResumableSampler, SeededDataset
 from .engine.trainer import Trainer, resolve_precision
+from .data.imagefolder import BadImageTally, skip_message
 from .data.transforms import Uint8Normalize
 from .models import PretrainMethod, build_method
 
@@ -87,7 +88,6 @@ def run(cfg: DictConfig) -> dict:
     # data and model first: a bad dataset fails before the output folder exists
     model = build_method(cfg).to(device)
     dataset = build_dataset(cfg, model)
-    base_dataset = dataset.dataset if isinstance(dataset, torch.utils.data.Subset) else dataset
     sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     if len(sampler) // int(cfg.train.batch_size) < int(cfg.train.accum_iter):
         raise ConfigError(
@@ -112,7 +112,7 @@ def run(cfg: DictConfig) -> dict:
     logger = run_dir.prepare_output()
 
     total_batch, lr = total_batch_and_lr(cfg, world)
-    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch)
+    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch, skip_list=bool(cfg.optim.wd_skip_list))
     optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused))
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
@@ -120,14 +120,7 @@ def run(cfg: DictConfig) -> dict:
                   f"images={len(dataset)} world={world} total_batch={total_batch} lr={lr:.3g} precision={precision} "
                   f"device={device}")
 
-    skips_before = 0
-
-    def restore_skips(ckpt: dict) -> None:
-        nonlocal skips_before
-        skips_before = sum(int(r.get("bad_image_skips", 0)) for r in trainer.loaded_rank_extra)
-
-    def skip_count() -> int:
-        return int(getattr(base_dataset, "num_skipped", 0)) + (skips_before if rank == 0 else 0)
+    tally = BadImageTally(dataset)
 
     trainer = Trainer(
         run_dir.wrap(model),
@@ -143,22 +136,20 @@ def run(cfg: DictConfig) -> dict:
         extra_state=run_dir.extra_state(method=cfg.method),
         scaler=scaler,
         hooks=[MethodHook(model)],
-        rank_extra=lambda: {"bad_image_skips": skip_count()},
+        rank_extra=tally.state,
     )
-    resumed_from = run_dir.resume(trainer, on_load=restore_skips)
+    resumed_from = run_dir.resume(trainer, on_load=lambda ckpt: tally.restore(trainer.loaded_rank_extra, rank == 0))
 
     t0 = time.time()
     state = run_dir.fit(trainer)
     wall = time.time() - t0
-    skips = int(round(float(du.all_reduce_mean(torch.tensor(float(skip_count()), device=device))) * world))
+    skipped, bad_files = tally.summary(du.all_gather_object(tally.state()))
 
     metrics = {}
     if du.is_main_process():
         out_dir = run_dir.out_dir
         backbone = encoder_state_dict(model.state_dict())
-        atomic_torch_save({"model": backbone, "method": cfg.method, "format": "droppos-backbone",
-                           "arch": {"size": cfg.model.size, "img_size": cfg.model.img_size, "patch_size": cfg.model.patch_size}},
-                          out_dir / "backbone.pth")
+        arch = {"size": cfg.model.size, "img_size": cfg.model.img_size, "patch_size": cfg.model.patch_size}
         last = state.history[-1] if state.history else {}
         total = sum(float(h.get("seconds", 0.0)) for h in state.history) or wall
         metrics = {
@@ -179,16 +170,28 @@ def run(cfg: DictConfig) -> dict:
                      "cpu_minutes": total / 60 if device.type == "cpu" else 0.0},
             "resumed_from": str(resumed_from) if resumed_from else None,
             "backbone": str(out_dir / "backbone.pth"),
-            "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), "bad_image_skips": skips},
+            "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), **skipped},
         }
         run_dir.write_metrics("pretrain_metrics.json", metrics)
-        if cfg.data.skip_bad or skips:
-            seen = sorted(getattr(base_dataset, "bad_files", ()))
-            names = f": {', '.join(seen[:5])}{' ...' if len(seen) > 5 else ''}" if seen else ""
-            print(f"[pretrain] skipped {skips} reads of unreadable images (data.skip_bad=true){names}", flush=True)
+        write_backbone(out_dir / "backbone.pth", backbone, cfg, arch, run_dir.manager.list())
+        if cfg.data.skip_bad or skipped["bad_image_skips"]:
+            print(f"[pretrain] {skip_message(skipped, bad_files)}", flush=True)
         print(f"[pretrain] done: {json.dumps({k: v for k, v in last.items()})}", flush=True)
     du.barrier()
     return metrics
+
+
+def write_backbone(path: Path, backbone: dict, cfg: DictConfig, arch: dict, checkpoints: list[Path]) -> None:
+    """``backbone.pth`` (timm names) with its card (method, recipe, epochs, sizes, the source checkpoint's
+    sha256, the metrics), also written beside it as ``backbone.pth.card.json``."""
+    from .weight_card import build_card, write_card
+
+    ckpt = {"config": OmegaConf.to_container(cfg, resolve=True), "method": cfg.method, "arch": arch}
+    card = build_card(checkpoints[0], ckpt, backbone, "ours", "timm") if checkpoints else None
+    atomic_torch_save({"model": backbone, "method": cfg.method, "format": "droppos-backbone", "arch": arch,
+                       **({"card": card} if card else {})}, path)
+    if card:
+        write_card(path, card)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,13 @@ Formats understood:
 - the reference DropPos / MAE / AdPE pretraining checkpoints (flat keys, ``model``
   or ``state_dict``, optional ``module.`` prefix, an ``args`` Namespace pickled beside);
 - timm VisionTransformer weights (flat encoder keys plus ``head``/``fc_norm``);
-- an exported backbone file (``model`` = encoder keys only).
+- an exported backbone file (``model`` = encoder keys only), a safetensors export
+  (which must carry its card);
+- a Detectron2 detector (``backbone.net.*``, this suite's ViTDet or ViTDet's own), an
+  MMEngine segmentor checkpoint (``state_dict`` / ``backbone.*``) and MMSegmentation's
+  MAE / BEiT backbone names (``pretrain.foreign_weights``).
+
+A state dict that shows two layouts at once is refused as ambiguous.
 
 Loading never executes pickled code: ``torch.load(weights_only=True)``; any
 other pickled object (an argparse Namespace, numpy scalars) is replaced by an
@@ -24,8 +30,13 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_write
+from .foreign_weights import layouts_of, to_timm_names
 
 ENCODER_PREFIX = "encoder."
+# An export keeps here the encoder weights its target has no place for (a detector's
+# cls token and final norm), under the target's prefix; readers merge them back.
+EXTRAS_KEY = "droppos_extras"
+FOREIGN_LAYOUTS = ("detectron2", "mmengine", "mmseg-mae")
 # Keys that belong to pretraining heads, masks or adversaries: never part of a backbone.
 NON_ENCODER_PATTERNS = [
     r"^decoder_",
@@ -74,6 +85,10 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
+    if path.suffix == ".safetensors":
+        from .weight_export import read_safetensors
+
+        return read_safetensors(path)
     ignored: list[str] = []
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -108,6 +123,9 @@ def model_state(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> dic
             state = state[key]
             break
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    extras = ckpt.get(EXTRAS_KEY)
+    if isinstance(extras, dict):
+        tensors.update({k: v for k, v in extras.items() if isinstance(v, torch.Tensor) and k not in tensors})
     if not tensors:
         raise CheckpointError(f"no tensors found in checkpoint {path} (top-level keys: {sorted(ckpt)[:10]})")
     if all(k.startswith("module.") for k in tensors):
@@ -115,8 +133,23 @@ def model_state(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> dic
     return tensors
 
 
-def detect_format(state: dict[str, torch.Tensor]) -> str:
-    """Name the source of a state dict: ours, droppos, mae, adpe, timm or backbone."""
+def source_layout(state: dict[str, torch.Tensor], path: str | os.PathLike = "<dict>") -> str | None:
+    """The one key layout of ``state`` (``pretrain.foreign_weights.layouts_of``); ambiguous ones are refused."""
+    found = layouts_of(state)
+    if "mmseg-mae" in found and "mmengine" in found:  # MMSeg names under the segmentor's prefix
+        found.remove("mmengine")
+    if len(found) > 1:
+        raise CheckpointError(
+            f"{path}: ambiguous source format: its keys show {' and '.join(found)} layouts at once "
+            f"(e.g. {', '.join(sorted(state)[:4])}); convert one model's weights at a time")
+    return found[0] if found else None
+
+
+def detect_format(state: dict[str, torch.Tensor], path: str | os.PathLike = "<dict>") -> str:
+    """Name the source of a state dict: ours, droppos, mae, adpe, timm, backbone, detectron2, mmengine, mmseg-mae."""
+    layout = source_layout(state, path)
+    if layout in FOREIGN_LAYOUTS:
+        return layout
     keys = set(state)
     if any(k.startswith(ENCODER_PREFIX) for k in keys):
         return "ours"
@@ -142,9 +175,12 @@ def encoder_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike =
 
     Drops decoders, mask tokens, adversarial parameters and classifier heads;
     keeps cls_token, pos_embed, patch_embed.*, blocks.* (including relative
-    position tables) and norm.*.
+    position tables) and norm.*. Detector and segmentor layouts are renamed first.
     """
-    if any(k.startswith(ENCODER_PREFIX) for k in state):
+    layout = source_layout(state, path)
+    if layout in FOREIGN_LAYOUTS:
+        state = to_timm_names(state, layout)
+    elif any(k.startswith(ENCODER_PREFIX) for k in state):
         state = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
     out = {k: v for k, v in state.items() if is_encoder_key(k)}
     if "patch_embed.proj.weight" not in out or not any(k.startswith("blocks.") for k in out):
@@ -216,7 +252,7 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Write an encoder-only file (``{'model': timm-named weights}``) from any checkpoint."""
-    enc = load_encoder(src)
-    atomic_torch_save({"model": enc, "source": str(src), "format": "droppos-backbone"}, dst)
-    return enc
+    """Write an encoder-only file (``{'model': timm-named weights, 'card': ...}``) and its card from any checkpoint."""
+    from .weight_export import export_weights
+
+    return export_weights(src, dst, "timm").encoder

@@ -8,9 +8,14 @@ the position table is resized to the backbone's grid, keys the backbone lacks
 (the final norm in the MAE recipe) are skipped, everything the checkpoint does
 not fill (layer scale, relative position tables; the neck and decode heads live
 outside the backbone) stays new, and a report says so. Loading no transformer
-block weight is an error, not a warning.
+block weight is an error, not a warning, and so is leaving any other encoder
+weight at its initialisation (a detector's backbone has no cls token) unless it is
+named in ``partial``. Detector, segmentor and MMSeg MAE-named files are read too
+(``pretrain.foreign_weights``).
 """
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -26,12 +31,14 @@ def load_encoder_weights(
     encoder_state: dict[str, torch.Tensor],
     grid: tuple[int, int],
     source: str = "<state dict>",
+    partial: Sequence[str] = (),
 ) -> LoadReport:
     """Copy timm-named encoder tensors into ``model`` (the backbone, same names).
 
     ``pos_embed`` [1, 1+h*w, D] is bicubically resized to ``grid``. Raises
-    CheckpointError (a RuntimeError) when no transformer block weight matched,
-    and when a copied tensor does not read back equal.
+    CheckpointError (a RuntimeError) when no transformer block weight matched, when
+    an encoder weight not matched by a ``partial`` pattern (timm names, e.g.
+    ``("cls_token",)``) would stay new, and when a copied tensor does not read back equal.
     """
-    rules = LoadRules(grid=tuple(grid), hint="is it a ViT encoder with timm names?")
+    rules = LoadRules(grid=tuple(grid), hint="is it a ViT encoder with timm names?", partial=tuple(partial))
     return load_encoder_into(model, encoder_state, rules, source)

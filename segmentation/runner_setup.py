@@ -2,8 +2,10 @@
 
 What it adds to plain MMEngine: the work dir default, ``--cfg-options``, the
 launcher, a check of the ADE20K folders before the Runner starts, a CPU fallback for AMP configs (AmpOptimWrapper needs CUDA: plain
-OptimWrapper is used and the log says so), and a weights-only loader for
-MMEngine's own checkpoints (resume, test) under torch>=2.6.
+OptimWrapper is used and the log says so), a weights-only loader for
+MMEngine's own checkpoints (resume, test) under torch>=2.6, a check that the heads'
+class count is the data's, and the exit codes of the suite's other entry points
+(``run_entry``: one ``error:`` line for a known failure, ``DROPPOS_DEBUG=1`` for tracebacks).
 """
 from __future__ import annotations
 
@@ -123,6 +125,47 @@ def checkpoint_iteration(path: str) -> int:
     return int(meta.get("iter", 0) or 0)
 
 
+def dataset_classes(dataset: dict) -> int | None:
+    """Classes of a dataset config: its ``metainfo.classes``, else its type's ``METAINFO`` (None if unknown)."""
+    classes = (dataset.get("metainfo") or {}).get("classes")
+    if classes is None and dataset.get("type"):
+        import mmseg.datasets  # noqa: F401  (registers the dataset types)
+        from mmseg.registry import DATASETS
+
+        cls = DATASETS.get(dataset["type"])
+        classes = getattr(cls, "METAINFO", {}).get("classes") if cls is not None else None
+    return len(classes) if classes else None
+
+
+def check_class_count(cfg: Config, dataloaders: tuple[str, ...]) -> None:
+    """Refuse heads whose ``num_classes`` differs from the data's class count (both named in the message)."""
+    from pretrain.engine.config import ConfigError
+
+    model = cfg.model if "decode_head" in cfg.model else cfg.model.module  # test-time-aug wrapper
+    aux = model.get("auxiliary_head") or []
+    heads = [("model.decode_head", model.decode_head)]
+    heads += [(f"model.auxiliary_head[{i}]", h) for i, h in enumerate(aux)] if isinstance(aux, list) else [
+        ("model.auxiliary_head", aux)]
+    for name in dataloaders:
+        dataset = (cfg.get(name) or {}).get("dataset") or {}
+        found = dataset_classes(dataset)
+        if found is None:
+            continue
+        for key, head in heads:
+            if head and "num_classes" in head and int(head["num_classes"]) != found:
+                raise ConfigError(f"{key}.num_classes={head['num_classes']} but the {name} data set "
+                                  f"({dataset.get('type')}, {dataset.get('data_root', '')}) has {found} classes: "
+                                  f"set num_classes={found} in the heads or the data set's metainfo.classes")
+
+
+def check_data(cfg: Config, dataloaders: tuple[str, ...], mode: str = "quick") -> dict[str, Any]:
+    """Before the Runner starts: the ADE20K folder check (:func:`check_ade20k_data`), then the
+    heads' class count against the data's (:func:`check_class_count`)."""
+    summary = check_ade20k_data(cfg, dataloaders, mode)
+    check_class_count(cfg, dataloaders)
+    return summary
+
+
 def check_ade20k_data(cfg: Config, dataloaders: tuple[str, ...], mode: str = "quick") -> dict[str, Any]:
     """Validate the ADE20K-format folders the given dataloaders read, before the Runner starts.
 
@@ -160,3 +203,29 @@ def check_ade20k_data(cfg: Config, dataloaders: tuple[str, ...], mode: str = "qu
                   f"{summary[root]['label_values'][:8]}{'...' if len(summary[root]['label_values']) > 8 else ''}",
                   "current")
     return summary
+
+
+BAD_IMAGE_HINT = ("fix or remove the file and its label map; "
+                  "python -m pretrain.data.validate imagefolder ROOT/images/SPLIT decodes every image")
+
+
+def run_entry(main: Any, args: argparse.Namespace) -> int:
+    """``main(args)`` with the suite's exit codes: 0, 2 for a config that does not fit the data,
+    1 with one ``error:`` line for a bad data folder, an unreadable image or checkpoint."""
+    import re
+
+    from pretrain.data.imagefolder import BadImageError
+    from pretrain.data.validate import DatasetError
+    from pretrain.engine.cli import run_guarded
+    from pretrain.weights import CheckpointError
+
+    def call() -> None:
+        try:
+            main(args)
+        except Exception as exc:  # noqa: BLE001 - MMCV's "failed to load image" assertion names the file
+            found = re.search(r"failed to load image: (\S+)", str(exc))
+            if found is None:
+                raise
+            raise BadImageError(found.group(1), "MMCV could not decode it") from exc
+
+    return run_guarded(call, known=(DatasetError, CheckpointError), skip_hint=BAD_IMAGE_HINT)

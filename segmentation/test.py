@@ -21,9 +21,10 @@ if ROOT not in sys.path:
 from segmentation.runner_setup import (  # noqa: E402
     add_runner_args,
     build_runner,
-    check_ade20k_data,
+    check_data,
     checkpoint_iteration,
     config_from_args,
+    run_entry,
 )
 
 
@@ -49,10 +50,10 @@ def main(args: argparse.Namespace) -> dict:
     # the metrics file records the iteration the checkpoint was saved at
     hooks = [h for h in cfg.get("custom_hooks", []) if h.get("type") != "SegMetricsJsonHook"]
     cfg.custom_hooks = hooks + [dict(type="SegMetricsJsonHook", iterations=checkpoint_iteration(args.checkpoint))]
-    check_ade20k_data(cfg, ("test_dataloader",), args.check_data)
+    check_data(cfg, ("test_dataloader",), args.check_data)
     runner = build_runner(cfg, train=False)
     return runner.test()
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(run_entry(main, get_args_parser().parse_args()))

@@ -21,7 +21,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # configs import segmentation.* and pretrain.* from the repo root
     sys.path.insert(0, ROOT)
 
-from segmentation.runner_setup import add_runner_args, build_runner, check_ade20k_data, config_from_args  # noqa: E402
+from segmentation.runner_setup import add_runner_args, build_runner, check_data, config_from_args, run_entry  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -44,10 +44,10 @@ def main(args: argparse.Namespace) -> None:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
-    check_ade20k_data(cfg, ("train_dataloader", "val_dataloader"), args.check_data)
+    check_data(cfg, ("train_dataloader", "val_dataloader"), args.check_data)
     runner = build_runner(cfg, train=True, force_fp32=args.no_amp)
     runner.train()
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    sys.exit(run_entry(main, get_args_parser().parse_args()))

@@ -129,6 +129,22 @@ def write_noise_folder(root: Path, per_split: dict[str, int], size: int = 54, se
     return root
 
 
+def test_probe_of_a_random_network_for_the_scratch_baseline(tmp_path, capsys):
+    """``--checkpoint none --random-arch``: a seeded random ViT, the same probe, its own label and format."""
+    from analysis.position_probe import main as probe_main
+
+    data = write_noise_folder(tmp_path / "noise", {"train": 20, "val": 8}, size=32)
+    settings = ProbeSettings(epochs=2, num_workers=0)
+    a = run_probe("none", data, [0.75], settings, verbose=False, random_arch="vit_tiny_patch8_32")
+    b = run_probe("none", data, [0.75], settings, verbose=False, random_arch="vit_tiny_patch8_32")
+    assert a["method"] == "scratch" and a["format"] == "random-init" and a["grid"] == [4, 4]
+    assert a["results"] == b["results"]  # the seed decides the random network
+    assert probe_main(["--checkpoint", "none", "--data", str(data)]) == 2
+    assert "--random-arch" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="random-arch"):
+        run_probe("none", data, [0.75], settings, verbose=False, random_arch="vit_huge")
+
+
 def test_probe_at_chance_on_noise_with_every_position_dropped(tmp_path):
     data = write_noise_folder(tmp_path / "noise", {"train": 100, "val": 20})
     ckpt = save_ours(tiny_droppos(img=48, depth=2), tmp_path / "droppos_init.pth")
@@ -303,20 +319,20 @@ def test_tables_three_methods_side_by_side(tmp_path):
     md, found = tables.build_tables([runs[1], runs[2], runs[0]], tmp_path / "report")
     assert [r.method for r in found] == ["droppos", "mae", "adpe"]
     header = next(line for line in md.splitlines() if line.startswith("| measure"))
-    assert header.index("DropPos (this run)") < header.index("MAE (this run)") < header.index("AdPE (this run)")
+    assert header.index("DropPos (this suite)") < header.index("MAE (this suite)") < header.index("AdPE (this suite)")
     ft = next(line for line in md.splitlines() if line.startswith("| FT top-1"))
     cells = [c.strip() for c in ft.strip("|").split("|")]
-    assert cells[1:4] == ["71.0", "70.0", "69.5"]
+    assert cells[1:4] == ["71.0 (n=1)", "70.0 (n=1)", "69.5 (n=1)"]
     assert cells[4] == "84.2" and cells[5] == "83.6"  # paper headline ViT-B: DropPos 800 ep, MAE 1600 ep
     miou = next(line for line in md.splitlines() if line.startswith("| ADE mIoU"))
     assert "33.3" in miou and "skipped" in miou and "MAE +2.6" in miou and "48.1" in miou
-    assert "2.5 min (CPU)" in md and "30.0 (chance 1.6)" in md
+    assert "2.5 min (CPU)" in md and "30.0 (n=1)" in md
     assert "83.0" in md and "85.8" in md and "50.3" in md and "51.6" in md  # paper rows
     import csv
 
     with open(tmp_path / "report" / "side_by_side.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0][1:4] == ["DropPos (this run)", "MAE (this run)", "AdPE (this run)"]
+    assert rows[0][1:4] == ["DropPos (this suite)", "MAE (this suite)", "AdPE (this suite)"]
     for name in ("results.csv", "position_probe.csv", "paper_numbers.csv", "stages.csv", "tables.md"):
         assert (tmp_path / "report" / name).is_file()
 
@@ -416,9 +432,9 @@ def test_reproduce_runs_stages_skips_done_and_reports(tmp_path, monkeypatch, cap
     assert "droppos/pretrain: done in" in log and "skipped (not available: mmseg not installed)" in log
     assert "adpe/detection: FAILED" in log and "boom" in log
     report = (out / "report.md").read_text()
-    assert "| stage | droppos | mae | adpe |" in report
+    assert "| run | pretrain | finetune |" in report and "\n| droppos | done" in report
     assert "skipped (not available: mmseg not installed)" in report and "failed (exit code 3" in report
-    assert "DropPos (this run)" in report and "71.0" in report
+    assert "DropPos (this suite)" in report and "71.0" in report
     status = json.loads((out / "mae" / "stage_status.json").read_text())
     assert status["finetune"]["status"] == "done" and status["segmentation"]["status"] == "skipped"
     assert status["pretrain"]["wall_seconds"] > 0 and "cpu_seconds" in status["pretrain"]
@@ -471,13 +487,14 @@ def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
 
 
 def test_reproduce_demo_dry_run_lists_every_stage(tmp_path, capsys):
-    """The demo's table (the same builder as the paper profiles): 6 stages x 3 methods, stage by stage."""
+    """The demo's table (the same builder as the paper profiles): 9 stages x 3 methods + 7 of scratch, stage by stage."""
     out = tmp_path / "demo"
     assert reproduce.main(["--dry-run", "--output", str(out), "--detection-iters", "30", "--workers", "0"]) == 0
     text = capsys.readouterr().out
     heads = [line.split(" -> ")[0] for line in text.splitlines() if " -> " in line]
     assert heads[:4] == ["# droppos / pretrain", "# mae / pretrain", "# adpe / pretrain", "# droppos / finetune"]
-    assert len(heads) == 18 and heads[-1] == "# adpe / position_probe"
+    assert len(heads) == 34 and heads[-1] == "# adpe / finetuned_probe"
+    assert "# droppos / finetuned_probe" in heads and "# scratch / finetuned_probe" not in heads
     assert "pretrain/configs/adpe_vit_tiny_builtin.yaml" in text and "train.epochs=3" in text
     assert "data.builtin=true data.num_workers=0 train.progress=false train.tensorboard=false" in text
     assert "train.max_iter=30 " in text and "'lr_multiplier.scheduler.milestones=[26, 28]'" in text

@@ -73,16 +73,20 @@ def test_schedule_warmup_then_cosine():
 
 
 def test_weight_decay_groups():
+    """Default: the released rule (tokens decayed); optim.wd_skip_list=true: the suite's exemption."""
     cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32"])
+    assert cfg.optim.wd_skip_list is False
     model = build_method(cfg)
-    groups = model.param_groups(0.05, 1e-3, total_batch=64)
     names = {id(p): n for n, p in model.named_parameters()}
-    no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
-    decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert "mask_pos_token" in no_decay and "encoder.cls_token" in no_decay
-    assert all(n.endswith(".bias") or "norm" in n or n in ("mask_pos_token", "encoder.cls_token") for n in no_decay)
-    assert "encoder.blocks.0.attn.qkv.weight" in decay and "decoder_pred.weight" in decay
-    assert "encoder.pos_embed" not in decay | no_decay  # frozen
+    for skip_list, tokens_decayed in ((False, True), (True, False)):
+        groups = model.param_groups(0.05, 1e-3, total_batch=64, skip_list=skip_list)
+        no_decay = {names[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+        decay = {names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+        tokens = {"mask_pos_token", "encoder.cls_token"}
+        assert tokens <= (decay if tokens_decayed else no_decay)
+        assert all(n.endswith(".bias") or "norm" in n or n in tokens for n in no_decay)
+        assert "encoder.blocks.0.attn.qkv.weight" in decay and "decoder_pred.weight" in decay
+        assert "encoder.pos_embed" not in decay | no_decay  # frozen
 
 
 # ------------------------------------------------------------------ training

@@ -370,10 +370,15 @@ def test_skip_bad_skips_and_reports_count(broken_images, tmp_path, capsys):
     out = tmp_path / "run"
     metrics = run(cfg_for(root, out, "data.limit=0", "data.skip_bad=true", workers=2))
     assert metrics["steps"] == 10  # 40 images / 8, two epochs: every batch was filled
-    # each bad file is drawn once an epoch (drop_last keeps all 40) and replaced by the next image
-    assert metrics["data"] == {"images": 40, "skip_bad": True, "bad_image_skips": 4}
+    # each bad file is drawn once an epoch (drop_last keeps all 40) and replaced by the next image;
+    # the names come back from the 2 workers
+    names = sorted(str(p) for p in bad)
+    assert metrics["data"] == {"images": 40, "skip_bad": True, "bad_image_skips": 4, "bad_files": 2,
+                               "bad_file_names": names}
     assert json.loads((out / "pretrain_metrics.json").read_text())["data"]["bad_image_skips"] == 4
-    assert "[pretrain] skipped 4 reads of unreadable images" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "[pretrain] skipped 4 samples (each unreadable file once per epoch) from 2 unreadable files" in printed
+    assert all(name in printed for name in names)
     assert all(torch.isfinite(torch.tensor(train_losses(out)[1])))
 
 

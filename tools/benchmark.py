@@ -71,7 +71,7 @@ def pretrain_optimizer(model: nn.Module, cfg, device: torch.device, fused: bool)
     from pretrain.engine.run import total_batch_and_lr
 
     total_batch, lr = total_batch_and_lr(cfg, world=1)
-    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch)
+    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch, skip_list=bool(cfg.optim.wd_skip_list))
     return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), lr
 
 
@@ -265,8 +265,9 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
     loop = LoopConfig(epochs=1, lr=info["lr"], min_lr=0.0, warmup_epochs=0.0, clip_grad=clip, clip_mode=clip_mode,
                       log_every=10 ** 9, progress=False)
     logger = RunLogger(tempfile.gettempdir(), enabled=False, tensorboard=False)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None  # as training does
     trainer = Trainer(run_model, optimizer, _BatchLoader(batch), range(batch), step_fn, loop, device, precision,
-                      None, logger, hooks=hooks)
+                      None, logger, scaler=scaler, hooks=hooks)
     set_learning_rate(optimizer, 0.0, info["lr"], 0.0, 1.0)  # peak lr in every group (training: per step)
     for hook in hooks:
         hook.before_step(trainer, 0.0)
@@ -276,7 +277,7 @@ def build_trainer(args: argparse.Namespace, device: torch.device):
     labels = torch.randint(0, 1000, (batch,), generator=g)
     if device.type == "cuda":
         imgs, labels = imgs.pin_memory(), labels.pin_memory()
-    info.update(precision=precision, input_shape=list(shape), compile=bool(compile_model),
+    info.update(precision=precision, input_shape=list(shape), compile=bool(compile_model), grad_scaler=scaler is not None,
                 adamw="fused" if optimizer.defaults.get("fused") else "foreach")
     return model, trainer, (imgs, labels), shape, info
 

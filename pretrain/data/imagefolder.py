@@ -8,11 +8,20 @@ torchvision's ``ImageFolder`` it:
   transforms (``transforms.py``) run without a PIL round trip; the suite's
   transforms take the undecoded bytes (:class:`EncodedImage`) and decode a JPEG
   at 1/2, 1/4 or 1/8 scale when their crop allows it;
+- shows every image upright: the EXIF orientation tag (1-8) of a JPEG, PNG, TIFF or
+  WebP file is applied to the pixels on every decode path (full, reduced, PIL), and
+  ``EncodedImage.size`` is the upright size, as Detectron2's ``read_image`` and MMCV's
+  ``imread`` / ``imfrombytes`` (colour images) do; label maps are never rotated
+  (``docs/faults.md``, "EXIF orientation");
 - names the folder or file in every error (missing split, empty folder,
   unreadable or truncated image) instead of a bare PIL error;
-- can skip bad files (``skip_bad=True``): the sample is replaced by the next
-  readable one, a warning names the first bad file, and ``num_skipped`` counts
-  skips across DataLoader workers.
+- can skip bad files (``skip_bad=True``): a training sample is replaced by the next
+  readable one (``substitute=True``), an evaluation sample is dropped (``substitute=False``:
+  the item is None, :func:`drop_missing_collate` leaves it out, so n shrinks and no image
+  is counted twice). A warning names the first bad file; ``num_skipped`` counts each bad
+  file once each time its own index is drawn (so once per epoch, not once per failed read,
+  whatever the replacements re-read), and ``bad_files`` names them, both across DataLoader
+  workers (shared memory).
 """
 from __future__ import annotations
 
@@ -25,7 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 _COUNTER_SLOTS = 257
@@ -55,18 +64,85 @@ def read_bytes(path: str | Path) -> bytearray:
     return buf if n == len(buf) else buf[:n]
 
 
+def jpeg_orientation(data: bytes | bytearray) -> int:
+    """The EXIF orientation tag (1-8) of a JPEG, read from its APP1 segment (1 when absent)."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if marker in _SOF_MARKERS or marker == 0xDA:  # the EXIF block comes before the frame
+            return 1
+        if marker == 0xD8 or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker == 0xE1 and bytes(data[pos + 4:pos + 10]) == b"Exif\0\0":
+            return _tiff_orientation(bytes(data[pos + 10:pos + 2 + length]))
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "little" if tiff[:2] == b"II" else "big"
+    ifd = int.from_bytes(tiff[4:8], order)
+    if ifd + 2 > len(tiff):
+        return 1
+    for k in range(int.from_bytes(tiff[ifd:ifd + 2], order)):
+        entry = ifd + 2 + 12 * k
+        if entry + 12 > len(tiff):
+            break
+        if int.from_bytes(tiff[entry:entry + 2], order) == 0x0112:
+            value = int.from_bytes(tiff[entry + 8:entry + 10], order)
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply an EXIF orientation to a [C, H, W] tensor (what PIL's ``ImageOps.exif_transpose`` does)."""
+    if orientation == 2:
+        return img.flip(-1)
+    if orientation == 3:
+        return img.flip(-1, -2)
+    if orientation == 4:
+        return img.flip(-2)
+    if orientation == 5:
+        return img.transpose(-1, -2)
+    if orientation == 6:
+        return img.rot90(-1, (-2, -1))
+    if orientation == 7:
+        return img.transpose(-1, -2).flip(-1, -2)
+    if orientation == 8:
+        return img.rot90(1, (-2, -1))
+    return img
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """PIL image with its EXIF orientation applied (unchanged without the tag)."""
+    if img.getexif().get(0x0112, 1) in (1, None):
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
+
+
 def decode_pil(data: bytes | bytearray, path: str | Path = "<bytes>") -> Image.Image:
-    """Decode any PIL-readable image to RGB; failures raise :class:`BadImageError`."""
+    """Decode any PIL-readable image to an upright (EXIF orientation applied) RGB image;
+    failures raise :class:`BadImageError`."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # truncated files fail here, not lazily later
+        img = _upright(img)
         return img if img.mode == "RGB" else img.convert("RGB")
     except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, SyntaxError...
         raise BadImageError(path, e) from e
 
 
 def decode_image(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch.Tensor:
-    """Decode image bytes to a uint8 RGB tensor [3, H, W].
+    """Decode image bytes to an upright uint8 RGB tensor [3, H, W] (EXIF orientation applied).
 
     JPEGs (by magic number) go through ``torchvision.io.decode_jpeg`` (libjpeg-turbo,
     raises on truncated data); everything else, and JPEGs it cannot handle, through PIL.
@@ -76,7 +152,8 @@ def decode_image(data: bytes | bytearray, path: str | Path = "<bytes>") -> torch
     if data[:2] == b"\xff\xd8":
         try:
             buf = data if isinstance(data, bytearray) else bytearray(data)
-            return decode_jpeg(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            img = decode_jpeg(torch.frombuffer(buf, dtype=torch.uint8), mode=ImageReadMode.RGB)
+            return orient(img, jpeg_orientation(data))
         except RuntimeError:
             pass  # PIL decides: it reads some JPEG flavours libjpeg's torch binding refuses
     img = decode_pil(data, path)
@@ -108,16 +185,24 @@ def jpeg_size(data: bytes | bytearray) -> tuple[int, int] | None:
 class EncodedImage:
     """Undecoded image bytes, so a transform can pick a reduced JPEG decode (DCT scaling).
 
-    ``size`` reads only the header. ``decode(reduce)`` returns a uint8 tensor
+    ``size`` reads only the header and is the upright size (EXIF orientation applied,
+    as by every decode). ``decode(reduce)`` returns a uint8 tensor
     [3, ceil(H / reduce), ceil(W / reduce)]; reduce 2, 4 or 8 uses libjpeg's scaled
     IDCT through PIL's ``draft`` (several times cheaper than a full decode) and is
     exact 1 for other formats. Errors raise :class:`BadImageError` naming the file.
     """
 
-    __slots__ = ("data", "path", "_size")
+    __slots__ = ("data", "path", "_size", "_orientation")
 
     def __init__(self, data: bytes | bytearray, path: str | Path = "<bytes>") -> None:
-        self.data, self.path, self._size = data, path, None
+        self.data, self.path, self._size, self._orientation = data, path, None, None
+
+    @property
+    def orientation(self) -> int:
+        """EXIF orientation of a JPEG (1-8; 1: stored upright); other formats: 1 (PIL applies theirs)."""
+        if self._orientation is None:
+            self._orientation = jpeg_orientation(self.data) if self.is_jpeg else 1
+        return self._orientation
 
     @property
     def is_jpeg(self) -> bool:
@@ -127,10 +212,15 @@ class EncodedImage:
     def size(self) -> tuple[int, int]:
         """(height, width) from the header."""
         if self._size is None and self.is_jpeg:
-            self._size = jpeg_size(self.data)
+            size = jpeg_size(self.data)
+            if size is not None:
+                self._size = size[::-1] if self.orientation >= 5 else size  # 5-8 swap the sides
         if self._size is None:
             try:
-                w, h = Image.open(io.BytesIO(self.data)).size
+                with Image.open(io.BytesIO(self.data)) as img:
+                    w, h = img.size
+                    if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
+                        w, h = h, w
             except Exception as e:
                 raise BadImageError(self.path, e) from e
             self._size = (h, w)
@@ -142,12 +232,14 @@ class EncodedImage:
         h, w = self.size
         try:
             img = Image.open(io.BytesIO(self.data))
+            if self.orientation >= 5:  # size is upright; the draft wants the stored sides
+                h, w = w, h
             img.draft("RGB", (max(w // reduce, 1), max(h // reduce, 1)))
             img.load()
             img = img if img.mode == "RGB" else img.convert("RGB")
         except Exception as e:
             raise BadImageError(self.path, e) from e
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1)
+        return orient(torch.from_numpy(np.array(img)).permute(2, 0, 1), self.orientation)
 
 
 def load_image(path: str | Path, kind: str = "tensor") -> torch.Tensor | Image.Image | EncodedImage:
@@ -208,7 +300,9 @@ class ImageFolderDataset(Dataset):
             attribute, "pil" (a PIL RGB image: torchvision / timm transforms).
             No transform: a uint8 tensor.
         target_transform: applied to the class index.
-        skip_bad: replace unreadable files by the next readable sample instead of raising.
+        skip_bad: do not raise on unreadable files (see ``substitute``).
+        substitute: with ``skip_bad``, replace a bad sample by the next readable one
+            (training); False returns None for it (evaluation: see :func:`drop_missing_collate`).
         input_kind: force "encoded", "tensor" or "pil" input for the transform.
         extensions: file name endings counted as images (case-insensitive).
         allow_empty: accept class folders without images.
@@ -222,6 +316,7 @@ class ImageFolderDataset(Dataset):
         target_transform: Callable | None = None,
         *,
         skip_bad: bool = False,
+        substitute: bool = True,
         input_kind: str | None = None,
         extensions: Sequence[str] = IMG_EXTENSIONS,
         allow_empty: bool = False,
@@ -237,6 +332,7 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.target_transform = target_transform
         self.skip_bad = skip_bad
+        self.substitute = substitute
         if input_kind is None:
             input_kind = "tensor" if transform is None else getattr(transform, "input_kind", "pil")
         if input_kind not in ("encoded", "tensor", "pil"):
@@ -246,10 +342,10 @@ class ImageFolderDataset(Dataset):
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
         self.samples = scan_samples(folder, self.classes, extensions, allow_empty)
         self.targets = [t for _, t in self.samples]
-        self.bad_files: set[str] = set()  # seen by this process
-        # One shared-memory slot per DataLoader worker (slot 0: main process): race-free counts
-        # that survive fork and spawn.
+        # Shared memory, so DataLoader workers (fork or spawn) report to the main process without races:
+        # one counter slot per worker (slot 0: main process) and one "known bad" flag per file.
         self._skipped = torch.zeros(_COUNTER_SLOTS, dtype=torch.int64).share_memory_()
+        self._bad = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
         self._warned = False
 
     def __len__(self) -> int:
@@ -257,36 +353,56 @@ class ImageFolderDataset(Dataset):
 
     @property
     def num_skipped(self) -> int:
-        """Bad-file skips so far, summed over this process and its DataLoader workers."""
+        """Bad samples drawn so far (each bad file once per draw of its index, i.e. once an epoch),
+        summed over this process and its DataLoader workers."""
         return int(self._skipped.sum())
+
+    @property
+    def bad_files(self) -> list[str]:
+        """Paths of the files found unreadable so far (here or in a DataLoader worker), sorted."""
+        return sorted(self.samples[i][0] for i in self._bad.nonzero().flatten().tolist())
 
     def load(self, index: int) -> tuple[Any, int]:
         """Untransformed image (as ``input_kind``) and class index of sample ``index``."""
         path, target = self.samples[index]
         return load_image(path, self.input_kind), target
 
-    def __getitem__(self, index: int) -> tuple[Any, Any]:
-        for attempt in range(len(self.samples)):
-            i = (index + attempt) % len(self.samples)
-            try:
-                img, target = self.load(i)
-                if self.transform is not None:  # inside: an "encoded" transform decodes here
-                    img = self.transform(img)
-                break
-            except BadImageError as e:
-                if not self.skip_bad:
-                    raise
-                self._record_bad(e)
+    def _read(self, index: int) -> tuple[Any, int]:
+        img, target = self.load(index)
+        if self.transform is not None:  # inside: an "encoded" transform decodes here
+            img = self.transform(img)
+        return img, target
+
+    def __getitem__(self, index: int) -> tuple[Any, Any] | None:
+        if not self.skip_bad:
+            img, target = self._read(index)
         else:
-            raise BadImageError(self.root, "no readable image in the dataset")
+            for attempt in range(len(self.samples)):
+                i = (index + attempt) % len(self.samples)
+                try:  # read again even if known bad: the augmentation's random draws stay the same
+                    found = self._read(i)  # whatever another worker found first
+                except BadImageError as e:
+                    self._note_bad(i, e)
+                    found = None
+                if found is not None:
+                    img, target = found
+                    break
+                if attempt == 0:  # its own draw: counted once, whoever found it bad
+                    self._count_skip()
+                    if not self.substitute:
+                        return None
+            else:
+                raise BadImageError(self.root, "no readable image in the dataset")
         if self.target_transform is not None:
             target = self.target_transform(target)
         return img, target
 
-    def _record_bad(self, err: BadImageError) -> None:
+    def _count_skip(self) -> None:
         info = get_worker_info()
         self._skipped[0 if info is None else 1 + info.id % (_COUNTER_SLOTS - 1)] += 1
-        self.bad_files.add(err.path)
+
+    def _note_bad(self, index: int, err: BadImageError) -> None:
+        self._bad[index] = True
         if not self._warned:
             self._warned = True
             warnings.warn(f"skipping bad image ({err}); further skips are counted in num_skipped", stacklevel=3)
@@ -294,3 +410,52 @@ class ImageFolderDataset(Dataset):
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(root={str(self.root)!r}, samples={len(self)}, classes={len(self.classes)}, "
                 f"transform={self.transform!r})")
+
+
+def drop_missing_collate(batch: list) -> Any:
+    """``default_collate`` without the None items (bad files skipped by an evaluation split);
+    None for a batch of bad files only."""
+    kept = [b for b in batch if b is not None]
+    return default_collate(kept) if kept else None
+
+
+class BadImageTally:
+    """The bad-file skips of one run over its restarts: what this process counted plus what the
+    checkpoint it resumed from had saved (per rank, in the trainer's ``rank_extra``).
+
+    ``state()`` goes into every checkpoint; ``restore(saved, main)`` reads it back (the main
+    process takes over the saved count, so that a sum over ranks counts it once);
+    ``summary(states)`` turns the states of all ranks into the metrics record.
+    """
+
+    LISTED = 10  # bad file names written to the metrics JSON (the log lists them all)
+
+    def __init__(self, dataset: Dataset | None) -> None:
+        while dataset is not None and not isinstance(dataset, ImageFolderDataset):  # Subset & co.
+            dataset = getattr(dataset, "dataset", None)
+        self.dataset = dataset
+        self._skips_before = 0
+        self._files_before: set[str] = set()
+
+    def state(self) -> dict[str, Any]:
+        skips = self._skips_before + (self.dataset.num_skipped if self.dataset is not None else 0)
+        files = self._files_before.union(self.dataset.bad_files if self.dataset is not None else ())
+        return {"bad_image_skips": skips, "bad_files": sorted(files)}
+
+    def restore(self, saved: Sequence[dict[str, Any]], main: bool) -> None:
+        self._skips_before = sum(int(r.get("bad_image_skips", 0)) for r in saved) if main else 0
+        self._files_before = {f for r in saved for f in r.get("bad_files", ())}
+
+    def summary(self, states: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+        """({"bad_image_skips", "bad_files", "bad_file_names" (the first few)}, every bad file)."""
+        files = sorted({f for s in states for f in s.get("bad_files", ())})
+        skips = sum(int(s.get("bad_image_skips", 0)) for s in states)
+        return {"bad_image_skips": skips, "bad_files": len(files), "bad_file_names": files[: self.LISTED]}, files
+
+
+def skip_message(summary: dict[str, Any], files: Sequence[str], split: str = "") -> str:
+    """One log line: how many draws were skipped, of how many files, and every file's name."""
+    where = f" in {split}" if split else ""
+    names = f": {', '.join(files)}" if files else ""
+    return (f"skipped {summary['bad_image_skips']} samples{where} (each unreadable file once per epoch) "
+            f"from {summary['bad_files']} unreadable files (data.skip_bad=true){names}")

@@ -8,6 +8,20 @@ problem (file, record id, field, value), or return a short summary.
 
     validate_coco_json("data/coco/annotations/instances_val2017.json")
     validate_ade20k("data/ade/ADEChallengeData2016", num_classes=150)
+    validate_imagefolder("data/imagenet")
+
+From the shell (a summary line, then each problem; exit 1 on any problem, 2 on a
+path that does not exist):
+
+    python -m pretrain.data.validate imagefolder data/imagenet
+    python -m pretrain.data.validate coco data/coco/annotations/instances_val2017.json --image-root data/coco/val2017
+    python -m pretrain.data.validate ade20k data/ade/ADEChallengeData2016 --num-classes 150
+
+EXIF rule (the one every loader of the suite follows): image pixels are used upright,
+with the file's EXIF orientation applied (the suite's ImageFolder decoder, Detectron2's
+``read_image`` and MMCV's colour decode all do this), so COCO ``width`` / ``height`` and
+boxes, and ADE20K label maps, are in the upright frame; label maps themselves are read
+as stored (never rotated). The validators compare sizes in that frame.
 """
 from __future__ import annotations
 
@@ -92,6 +106,8 @@ def validate_coco_dict(
             problems.append(f"{where}: missing 'file_name'")
         elif image_root is not None and not (Path(image_root) / img["file_name"]).is_file():
             problems.append(f"{where}: image file not found: {Path(image_root) / img['file_name']}")
+        elif image_root is not None:
+            problems += _check_image_size(Path(image_root) / img["file_name"], img, where)
         for side in ("width", "height"):
             if not _is_int(img.get(side)) or img[side] <= 0:
                 problems.append(f"{where}: '{side}' must be a positive integer, got {img.get(side)!r}")
@@ -154,6 +170,24 @@ def validate_coco_dict(
         "per_category": {categories[c]: n for c, n in sorted(per_category.items())},
         "zero_size_boxes": degenerate,
     }
+
+
+def upright_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image as every loader of the suite shows it: EXIF orientation applied."""
+    with Image.open(path) as img:
+        w, h = img.size
+        return (h, w) if img.getexif().get(0x0112, 1) in (5, 6, 7, 8) else (w, h)
+
+
+def _check_image_size(path: Path, img: dict, where: str) -> list[str]:
+    try:
+        w, h = upright_size(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable image is a problem to list
+        return [f"{where}: cannot read image file {path} ({type(exc).__name__}: {exc})"]
+    if _is_int(img.get("width")) and _is_int(img.get("height")) and (img["width"], img["height"]) != (w, h):
+        return [f"{where}: 'width' x 'height' {img['width']} x {img['height']} differs from {path.name}, "
+                f"{w} x {h} upright (EXIF orientation applied)"]
+    return []
 
 
 def _check_bbox(bbox: Any, img: dict | None, where: str) -> list[str]:
@@ -246,8 +280,7 @@ def _check_label_map(
         with Image.open(label_path) as lab:
             mode, size = lab.mode, lab.size
             array = np.asarray(lab) if mode in ("L", "P") else None
-        with Image.open(image_path) as img:
-            image_size = img.size
+        image_size = upright_size(image_path)  # label maps are not rotated: the image's EXIF is applied
     except Exception as exc:  # unreadable or truncated file
         return [f"{label_path}: cannot read ({type(exc).__name__}: {exc})"]
     if array is None:
@@ -255,7 +288,7 @@ def _check_label_map(
     out = []
     if size != image_size:
         out.append(f"{label_path}: size {size[0]} x {size[1]} differs from its image {image_path.name} "
-                   f"({image_size[0]} x {image_size[1]})")
+                   f"({image_size[0]} x {image_size[1]} upright, EXIF orientation applied)")
     counts = np.bincount(array.reshape(-1), minlength=256)
     histogram += counts[:256]
     allowed = np.zeros(256, dtype=bool)
@@ -267,3 +300,90 @@ def _check_label_map(
         out.append(f"{label_path}: label values {bad.tolist()} outside 0..{num_classes} "
                    f"(0 = unlabelled, {num_classes} classes)")
     return out
+
+
+# ----------------------------------------------------------------------------- ImageFolder
+def validate_imagefolder(root: str | os.PathLike, max_files: int | None = None) -> dict[str, Any]:
+    """Decode every image of an ImageFolder (``root/<split>/<class>/*`` or ``root/<class>/*``), or of a
+    flat image folder (COCO's ``train2017/``), fully; returns counts per folder, or raises
+    :class:`DatasetError` naming each unreadable file.
+
+    ``max_files`` checks only the first N files per split (sorted).
+    """
+    from .imagefolder import IMG_EXTENSIONS, BadImageError, find_classes, load_image, scan_samples
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ImageFolder not found: {root}")
+    splits = [d for d in sorted(root.iterdir()) if d.name in ("train", "val") and d.is_dir()] or [root]
+    problems: list[str] = []
+    summary: dict[str, Any] = {}
+    for folder in splits:
+        try:
+            if any(e.is_dir() for e in folder.iterdir()):
+                classes = find_classes(folder)
+                samples = scan_samples(folder, classes, allow_empty=True)
+            else:  # a flat folder of images
+                classes = []
+                samples = [(str(p), 0) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMG_EXTENSIONS]
+        except FileNotFoundError as exc:
+            problems.append(str(exc))
+            continue
+        if max_files is not None:
+            samples = samples[:max_files]
+        for path, _ in samples:
+            try:
+                load_image(path, "tensor")
+            except BadImageError as exc:
+                problems.append(f"{path}: {exc.reason}")
+        summary[folder.name] = {"images": len(samples), "classes": len(classes)}
+    if problems:
+        raise DatasetError(root, problems)
+    return summary
+
+
+# ----------------------------------------------------------------------------- command line
+def _summary_line(kind: str, path: str, summary: dict[str, Any]) -> str:
+    if kind == "coco":
+        return (f"ok: {path}: {summary['images']} images, {summary['annotations']} annotations, "
+                f"{summary['categories']} categories")
+    if kind == "ade20k":
+        pairs = ", ".join(f"{k}: {v} pairs" for k, v in summary.items() if isinstance(v, int) and k != "num_classes")
+        return f"ok: {path}: {pairs}, {summary['num_classes']} classes, label values {summary['label_values'][:12]}"
+    splits = ", ".join(f"{k}: {v['images']} images in {v['classes']} classes" for k, v in summary.items())
+    return f"ok: {path}: {splits}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pretrain.data.validate {imagefolder,coco,ade20k} PATH``: 0 clean, 1 problems, 2 no such path."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser("python -m pretrain.data.validate", description="check a data set before training on it")
+    p.add_argument("kind", choices=["imagefolder", "coco", "ade20k"])
+    p.add_argument("path", help="ImageFolder root, COCO instances json, or ADE20K root")
+    p.add_argument("--image-root", default=None, help="coco: the image folder (also checks files and sizes)")
+    p.add_argument("--num-classes", type=int, default=150, help="ade20k: classes of the decode head")
+    p.add_argument("--max-files", type=int, default=None, help="imagefolder / ade20k: check the first N per split")
+    args = p.parse_args(argv)
+    try:
+        if args.kind == "coco":
+            summary = validate_coco_json(args.path, args.image_root)
+        elif args.kind == "ade20k":
+            summary = validate_ade20k(args.path, num_classes=args.num_classes, max_files=args.max_files)
+        else:
+            summary = validate_imagefolder(args.path, max_files=args.max_files)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DatasetError as exc:
+        print(f"FAILED: {exc.source}: {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            print(f"  {problem}")
+        return 1
+    print(_summary_line(args.kind, args.path, summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

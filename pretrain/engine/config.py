@@ -175,6 +175,9 @@ def validate(cfg: DictConfig) -> None:
             )
     if "adpe" in cfg:
         _ratio(cfg, "adpe.mask_ratio")
+        impl = OmegaConf.select(cfg, "adpe.rel_adversary_impl")
+        if impl is not None and impl not in ("suite", "released"):
+            raise ConfigError(f"adpe.rel_adversary_impl must be 'suite' or 'released', got {impl!r}")
     for key in ("train.epochs", "train.batch_size", "train.accum_iter"):
         if int(OmegaConf.select(cfg, key)) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
@@ -184,6 +187,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.clip_mode must be 'global' or 'per_tensor', got {cfg.optim.clip_mode!r}")
     if cfg.droppos.smoothing not in ("paper", "reference"):
         raise ConfigError(f"droppos.smoothing must be 'paper' or 'reference', got {cfg.droppos.smoothing!r}")
+    for key, choices in (("mask_token_type", ("param", "zeros", "wrong_pos")), ("drop_pos_type", ("droppos", "multi_task"))):
+        if cfg.droppos[key] not in choices:
+            raise ConfigError(f"config key 'droppos.{key}' must be one of {choices}, got {cfg.droppos[key]!r}")
+    if not float(cfg.droppos.pos_weight) >= 0.0:  # also refuses nan
+        raise ConfigError(f"config key 'droppos.pos_weight' must be >= 0, got {cfg.droppos.pos_weight}")
+    for key in ("norm_pix_loss", "conf_ignore", "shuffle"):
+        if not isinstance(cfg.droppos[key], bool):
+            raise ConfigError(f"config key 'droppos.{key}' must be true or false, got {cfg.droppos[key]!r}")
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

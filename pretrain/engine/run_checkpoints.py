@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -19,10 +20,15 @@ _NAME = re.compile(r"^checkpoint-(\d+)\.pth$")
 
 
 def rng_state() -> dict[str, Any]:
-    """Every random generator a step touches (python, numpy, torch CPU and CUDA)."""
+    """Every random generator a step touches (python, numpy, torch CPU and CUDA).
+
+    Stored as tensors, numbers and tuples only (numpy's key as a tensor), so that a
+    checkpoint loads with ``torch.load(weights_only=True)``: no pickled object runs.
+    """
+    kind, key, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -34,7 +40,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     if not state:
         return
     random.setstate(_as_python_state(state["python"]))
-    np.random.set_state(state["numpy"])
+    kind, key, *rest = state["numpy"]
+    key = key.numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+    np.random.set_state((kind, key.astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -131,11 +139,34 @@ class CheckpointManager:
         return target
 
 
+# What older checkpoints of this suite pickled beside tensors: numpy's RNG key (an ndarray).
+# Rebuilding an array from its dtype and bytes runs no code, so these are allowed, nothing else.
+_NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np.dtypes.Int64DType,
+                        getattr(np, "_core", np.core).multiarray._reconstruct]
+
+
 def load_resume_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a full training checkpoint (our own format, including RNG and optimizer)."""
+    """Load a full training checkpoint (our own format, including RNG and optimizer).
+
+    Weights-only unpickling: tensors, numbers, strings and containers (plus numpy arrays
+    for checkpoints written before the RNG states were tensors). A file that pickles
+    anything else (a class, a callable) is refused without running it.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):
+            raise CheckpointError(f"checkpoint file is corrupt or truncated: {path} (UnpicklingError: {exc})") from exc
+        try:
+            unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) or "unknown objects"
+        except Exception:  # noqa: BLE001 - only used to name what was refused
+            unsafe = "unknown objects"
+        raise CheckpointError(f"refusing to resume from {path}: it pickles objects that are not training state "
+                              f"({unsafe}); loading them could run code") from exc
     except Exception as exc:
         raise CheckpointError(f"checkpoint file is corrupt or truncated: {path} ({type(exc).__name__}: {exc})") from exc
     if not isinstance(state, dict) or "model" not in state or "train_state" not in state:

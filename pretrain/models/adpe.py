@@ -18,7 +18,12 @@ Adversarial positions (``adversary``), trained jointly as a min-max game:
   ``adv_token[0]`` shifts the column (x), ``adv_token[1]`` the row (y).
 - rel / ``embed`` and rel / ``coord``: per block, ``attn.rpe_k.adv_token`` or
   ``attn.rpe_k.adv_shift`` acting on the relative encoding of masked query rows
-  (see ``relpos.py``), in encoder and decoder blocks.
+  (see ``relpos.py``), in encoder and decoder blocks. ``rel_adversary_impl``:
+  'suite' (default; embed leaves the cls key out so the adversary acts, coord
+  interpolates only shifted rows between integer buckets) or 'released' (the
+  released code's computation: embed adds the vector to every key, cls included,
+  so it cancels in the softmax and the model reduces to MAE+ with relative PE;
+  coord reads every row with ``grid_sample`` at the continuous index, transposed).
 
 The min-max update: ``param_groups`` puts the adversarial parameters in their
 own AdamW group with a NEGATIVE learning rate (``base_lr = -adv_lr``, adv_lr =
@@ -52,6 +57,7 @@ from .vit import VisionTransformer, init_linear_and_norm
 POS_MODES = ("abs", "rel")
 ADVERSARIES = ("none", "embed", "coord")
 PROJECTIONS = ("none", "l2", "linf")
+REL_ADVERSARY_IMPLS = ("suite", "released")  # how the relative-position adversary acts (relpos.py)
 ADVERSARIAL_NAMES = ("adv_token", "adv_shift")  # parameter leaf names (reference)
 
 
@@ -91,6 +97,7 @@ class AdPE(PixelLoss, PretrainMethod):
         num_crops, crop_scale: random crops per image (``model.img_size`` px) and their scale.
         adv_blr, adv_lr: adversary lr, ``adv_lr`` or ``adv_blr * total_batch / 256``.
         adv_weight_decay: weight decay of the adversary's group.
+        rel_adversary_impl: 'suite' or 'released' computation of the relative-position adversary.
     """
 
     def __init__(
@@ -110,6 +117,7 @@ class AdPE(PixelLoss, PretrainMethod):
         adv_blr: float = 1.5e-4,
         adv_lr: float | None = None,
         adv_weight_decay: float = 0.0,
+        rel_adversary_impl: str = "suite",
     ) -> None:
         super().__init__()
         if pos not in POS_MODES:
@@ -118,6 +126,8 @@ class AdPE(PixelLoss, PretrainMethod):
             raise ValueError(f"unknown adversary {adversary!r}; choose one of {ADVERSARIES}")
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}; choose one of {PROJECTIONS}")
+        if rel_adversary_impl not in REL_ADVERSARY_IMPLS:
+            raise ValueError(f"unknown rel_adversary_impl {rel_adversary_impl!r}; choose one of {REL_ADVERSARY_IMPLS}")
         self.rel = pos == "rel"
         if self.rel != all(isinstance(b, ContextualRelPosBlock) for b in encoder.blocks):
             raise ValueError(f"pos={pos!r} needs an encoder built with create_vit(..., rel_pos={self.rel})")
@@ -145,7 +155,7 @@ class AdPE(PixelLoss, PretrainMethod):
         )
         if self.rel and adversary != "none":
             for rpe in rel_pos_modules(self.encoder) + rel_pos_modules(self.decoder_blocks):
-                rpe.enable_adversary(adversary)
+                rpe.enable_adversary(adversary, released=rel_adversary_impl == "released")
         self.init_weights()
 
     # ----------------------------------------------------------------- setup
@@ -171,7 +181,8 @@ class AdPE(PixelLoss, PretrainMethod):
     def from_config(cls, cfg: Any) -> "AdPE":
         """AdPE / MAE+ from a run config; ``adpe.pos='rel'`` builds a relative-position ViT."""
         a = dict(cfg.adpe)
-        for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS)):
+        for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS),
+                             ("rel_adversary_impl", REL_ADVERSARY_IMPLS)):
             if a[key] not in allowed:
                 raise ValueError(f"config key 'adpe.{key}' must be one of {allowed}, got {a[key]!r}")
         return cls(encoder_from_config(cfg.model, rel_pos=a["pos"] == "rel"), **a)
@@ -187,14 +198,18 @@ class AdPE(PixelLoss, PretrainMethod):
         """Absolute adversary lr: ``adv_lr`` or ``adv_blr * total_batch / 256`` (the main lr's rule)."""
         return self.adv_lr if self.adv_lr is not None else self.adv_blr * total_batch / 256
 
-    def param_groups(self, weight_decay: float, lr: float, total_batch: int) -> list[dict[str, Any]]:
-        """Optimizer groups: decayed weights, undecayed (biases, norms, 1-D, no_weight_decay),
-        and the adversary with lr = base_lr = -adversary_lr(total_batch) and ``adv_weight_decay``.
+    def param_groups(
+        self, weight_decay: float, lr: float, total_batch: int, skip_list: bool = False
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups: undecayed (biases, 1-D, and with ``skip_list`` the no_weight_decay
+        names), decayed weights, and the adversary with lr = base_lr = -adversary_lr(total_batch)
+        and ``adv_weight_decay``. ``skip_list=False`` is the released rule (``mask_token`` and
+        ``cls_token`` decayed); see ``PretrainMethod.param_groups``.
 
         total_batch = batch_size * accum_iter * world size.
         """
         adv_lr = self.adversary_lr(total_batch)
-        skip = self.no_weight_decay()
+        skip = self.weight_decay_skip(skip_list)
         decay, no_decay, adv = [], [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:

@@ -11,7 +11,9 @@ pass over the full image, softmax at temperature tau).
 
 State-dict keys equal the reference model's once the ``encoder.`` prefix is
 removed (see ``pretrain.weights``): mask_pos_token, decoder_embed,
-decoder_blocks.{i}, decoder_norm, decoder_pred.
+decoder_blocks.{i}, decoder_norm, decoder_pred (plus aux_decoder_* and mask_token
+with ``drop_pos_type=multi_task``). The released code's ablation variants are
+options, off by default (``pretrain.models.droppos_variants``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
+from . import droppos_variants as variants
+from .mae import masked_pixel_loss
 from .masking import gather_tokens, keep_from_noise, num_kept
 from .method import MethodOutput, PretrainMethod
 from .pos_embed import grid_coords
@@ -40,10 +44,15 @@ class DropPosMasks:
     ids_keep: [B, V] indices of the visible patches (= their true positions).
     pos_dropped: [B, V] bool, True where the position embedding was replaced
         by the position mask token (these tokens carry the loss).
+    pos_source: [B, V] (``mask_token_type=wrong_pos`` only) the visible token whose
+        true embedding each token gets.
+    ids_shuffle: [B, V] (``shuffle`` only) the order the visible tokens enter the encoder.
     """
 
     ids_keep: torch.Tensor
     pos_dropped: torch.Tensor
+    pos_source: torch.Tensor | None = None
+    ids_shuffle: torch.Tensor | None = None
 
 
 # --------------------------------------------------------------------------- smoothing
@@ -111,6 +120,12 @@ class DropPos(PretrainMethod):
         tau: attentive-reconstruction temperature.
         attentive: weight tokens by the attentive-reconstruction pass.
         smoothing: 'paper' (true grid, rows normalised) or 'reference'.
+        mask_token_type: what replaces a dropped embedding: 'param', 'zeros', 'wrong_pos'.
+        drop_pos_type: 'droppos', or 'multi_task' (plus an auxiliary MAE pixel loss).
+        pos_weight: multi_task loss = pos_weight * loss_droppos + loss_mae.
+        norm_pix_loss: multi_task MAE target is per-patch normalised pixels.
+        conf_ignore: leave out tokens predicted above their target's diagonal.
+        shuffle: feed the visible tokens in a random order, restore the predictions.
     """
 
     def __init__(
@@ -127,10 +142,20 @@ class DropPos(PretrainMethod):
         tau: float = 0.1,
         attentive: bool = True,
         smoothing: str = "paper",
+        mask_token_type: str = "param",
+        drop_pos_type: str = "droppos",
+        pos_weight: float = 1.0,
+        norm_pix_loss: bool = True,
+        conf_ignore: bool = False,
+        shuffle: bool = False,
     ) -> None:
         super().__init__()
         if smoothing not in SMOOTHING_MODES:
             raise ValueError(f"unknown smoothing mode {smoothing!r}; choose one of {SMOOTHING_MODES}")
+        if mask_token_type not in variants.MASK_TOKEN_TYPES:
+            raise ValueError(f"unknown mask_token_type {mask_token_type!r}; choose one of {variants.MASK_TOKEN_TYPES}")
+        if drop_pos_type not in variants.DROP_POS_TYPES:
+            raise ValueError(f"unknown drop_pos_type {drop_pos_type!r}; choose one of {variants.DROP_POS_TYPES}")
         self.encoder = encoder
         self.mask_ratio = mask_ratio
         self.pos_drop_ratio = pos_drop_ratio
@@ -138,11 +163,16 @@ class DropPos(PretrainMethod):
         self.num_pos_kept = num_kept(self.num_visible, pos_drop_ratio)
         self.sigma0, self.sigma_decay, self.sigma_per_epoch = sigma, sigma_decay, sigma_per_epoch
         self.tau, self.attentive, self.smoothing = tau, attentive, smoothing
+        self.mask_token_type, self.multi_task = mask_token_type, drop_pos_type == "multi_task"
+        self.pos_weight, self.norm_pix_loss = float(pos_weight), norm_pix_loss
+        self.conf_ignore, self.shuffle = conf_ignore, shuffle
+        self.patch = encoder.patch_embed.patch_size[0]
         dim = encoder.embed_dim
         n = encoder.num_patches
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
 
-        self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, dim))
+        # Kept (frozen, unused) for zeros / wrong_pos, as in the released model, so its checkpoints load.
+        self.mask_pos_token = nn.Parameter(torch.zeros(1, 1, dim), requires_grad=mask_token_type == "param")
         # Position head: no position embedding anywhere in it.
         self.decoder_embed = nn.Linear(dim, decoder_dim)
         self.decoder_blocks = nn.ModuleList(
@@ -150,6 +180,11 @@ class DropPos(PretrainMethod):
         )
         self.decoder_norm = norm_layer(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, n)
+        if self.multi_task:
+            variants.build_aux_decoder(
+                self, dim, encoder.grid_size, self.patch, decoder_dim, decoder_depth, decoder_heads,
+                token_trainable=mask_token_type == "param",
+            )
 
         # Current sigma and its target matrix live on the device; not part of checkpoints.
         self.register_buffer("sigma", torch.tensor(float(sigma)), persistent=False)
@@ -159,7 +194,11 @@ class DropPos(PretrainMethod):
 
     # ----------------------------------------------------------------- setup
     def init_weights(self) -> None:
-        self.init_reference(self.mask_pos_token)
+        if not self.multi_task:
+            self.init_reference(self.mask_pos_token)
+            return
+        self.init_reference(self.mask_pos_token, self.mask_token)
+        variants.init_aux_decoder(self)
 
     def _targets(self, sigma: float) -> torch.Tensor:
         img = self.encoder.patch_embed.img_size[1]
@@ -174,18 +213,28 @@ class DropPos(PretrainMethod):
             self._sigma_now = sigma
 
     def no_weight_decay(self) -> set[str]:
-        return super().no_weight_decay() | {"mask_pos_token"}
+        return super().no_weight_decay() | {"mask_pos_token"} | ({"mask_token"} if self.multi_task else set())
 
     # ----------------------------------------------------------------- masks
-    def mask_noise_lengths(self) -> tuple[int, int]:
-        """Patch noise over the N cells, then position noise over the V visible tokens."""
-        return (self.encoder.num_patches, self.num_visible)
+    def mask_noise_lengths(self) -> tuple[int, ...]:
+        """Patch noise over the N cells, then position noise over the V visible tokens;
+        then noise permuting the dropped tokens (wrong_pos) and the visible ones (shuffle)."""
+        lengths = (self.encoder.num_patches, self.num_visible)
+        if self.mask_token_type == "wrong_pos":
+            lengths += (self.num_visible - self.num_pos_kept,)
+        return lengths + ((self.num_visible,) if self.shuffle else ())
 
     def masks_from_noise(self, noise: Sequence[torch.Tensor]) -> DropPosMasks:
-        """Patch and position masks, independent per sample."""
+        """Patch and position masks (and the variants' permutations), independent per sample."""
         ids_keep, _ = keep_from_noise(noise[0], self.num_visible)
         _, pos_dropped = keep_from_noise(noise[1], self.num_pos_kept)
-        return DropPosMasks(ids_keep=ids_keep, pos_dropped=pos_dropped)
+        masks = DropPosMasks(ids_keep=ids_keep, pos_dropped=pos_dropped)
+        extra = list(noise[2:])
+        if self.mask_token_type == "wrong_pos":
+            masks.pos_source = variants.wrong_pos_sources(noise[1], extra.pop(0), self.num_pos_kept)
+        if self.shuffle:
+            masks.ids_shuffle = variants.shuffle_order(extra.pop(0))[0]
+        return masks
 
     # ----------------------------------------------------------------- passes
     def forward_encoder(self, tokens: torch.Tensor, masks: DropPosMasks) -> torch.Tensor:
@@ -193,8 +242,13 @@ class DropPos(PretrainMethod):
         b = tokens.shape[0]
         x = gather_tokens(tokens, masks.ids_keep)  # [B, V, D]
         pe = gather_tokens(self.encoder.pos_embed_patches(), masks.ids_keep)  # [B, V, D]
-        pe = torch.where(masks.pos_dropped.unsqueeze(-1), self.mask_pos_token.to(pe.dtype), pe)
-        x = torch.cat([self.encoder.cls_with_pos(b), x + pe], dim=1)
+        pe = variants.replace_dropped(
+            pe, masks.pos_dropped, self.mask_token_type, self.mask_pos_token, masks.pos_source
+        )
+        x = x + pe
+        if masks.ids_shuffle is not None:  # shuffle: the blocks see the tokens in this order
+            x = gather_tokens(x, masks.ids_shuffle)
+        x = torch.cat([self.encoder.cls_with_pos(b), x], dim=1)
         return self.encoder.forward_encoder_tokens(x)
 
     def forward_head(self, latent: torch.Tensor) -> torch.Tensor:
@@ -255,13 +309,26 @@ class DropPos(PretrainMethod):
         tokens = self.encoder.embed_patches(imgs)  # [B, N, D]
         latent = self.forward_encoder(tokens, masks)
         logits = self.forward_head(latent)  # [B, V, N]
+        if masks.ids_shuffle is not None:  # back to the order of ids_keep
+            restore = torch.argsort(masks.ids_shuffle, dim=1)
+            logits = gather_tokens(logits, restore)
+            latent = torch.cat([latent[:, :1], gather_tokens(latent[:, 1:], restore)], dim=1)
         weights = masks.pos_dropped.float()
+        if self.conf_ignore:
+            weights = weights * variants.unconfident(logits, masks.ids_keep, self.smooth_targets).float()
         if self.attentive:
             attn = self.attentive_weights(tokens.detach(), masks.ids_keep)
             weights = weights * attn
         loss, acc = self.loss(logits, masks.ids_keep, weights)
-        return MethodOutput(
-            loss=loss,
-            metrics={"loss": loss.detach(), "pos_acc": acc, "sigma": self.sigma.detach().clone()},
-            outputs={"logits": logits, "ids_keep": masks.ids_keep, "pos_dropped": masks.pos_dropped, "weights": weights},
-        )
+        metrics = {"loss": loss.detach(), "pos_acc": acc, "sigma": self.sigma.detach().clone()}
+        outputs = {"logits": logits, "ids_keep": masks.ids_keep, "pos_dropped": masks.pos_dropped, "weights": weights}
+        if self.multi_task:
+            mask = torch.ones(b, self.encoder.num_patches, dtype=torch.bool, device=imgs.device)
+            mask.scatter_(1, masks.ids_keep, 0)  # True = hidden from the encoder
+            pred = variants.aux_decode(self, latent, masks.ids_keep)
+            loss_mae = masked_pixel_loss(imgs, pred, mask, self.patch, self.norm_pix_loss)
+            metrics.update(loss_droppos=loss.detach(), loss_mae=loss_mae.detach())
+            outputs.update(pred=pred, mask=mask)
+            loss = self.pos_weight * loss + loss_mae
+            metrics["loss"] = loss.detach()
+        return MethodOutput(loss=loss, metrics=metrics, outputs=outputs)

@@ -106,6 +106,19 @@ class PretrainMethod(nn.Module):
     def no_weight_decay(self) -> set[str]:
         return {"encoder." + k for k in self.encoder.no_weight_decay()}
 
-    def param_groups(self, weight_decay: float, lr: float, total_batch: int) -> list[dict[str, Any]]:
-        """Optimizer groups: decayed weights, and biases / norms / 1-D / ``no_weight_decay`` names."""
-        return param_groups_weight_decay(self, weight_decay, no_weight_decay_list=self.no_weight_decay())
+    def weight_decay_skip(self, skip_list: bool) -> set[str]:
+        """Names exempt from weight decay besides biases and 1-D tensors: ``no_weight_decay()``
+        with ``skip_list`` (the suite's rule), none without (the released scripts' rule)."""
+        return self.no_weight_decay() if skip_list else set()
+
+    def param_groups(
+        self, weight_decay: float, lr: float, total_batch: int, skip_list: bool = False
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups [undecayed, decayed] of the trainable parameters.
+
+        Biases and 1-D tensors are never decayed. ``skip_list=False`` is the released
+        DropPos / MAE / AdPE rule (timm 0.3.2 ``add_weight_decay(model, wd)`` with no skip
+        list: ``cls_token`` and the mask tokens ARE decayed); ``skip_list=True`` also
+        exempts the ``no_weight_decay()`` names (``optim.wd_skip_list``).
+        """
+        return param_groups_weight_decay(self, weight_decay, no_weight_decay_list=self.weight_decay_skip(skip_list))

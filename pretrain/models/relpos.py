@@ -26,16 +26,29 @@ only on the rows of masked query tokens (``query_mask``) and vanish at zero:
 
 - ``embed``: a vector ``adv_token`` [1, head_dim, 1] is added to the relative
   position entries of the table (all 49 offset buckets; the cls bucket is left
-  alone). Note: the released code also adds it to the cls bucket; then the term
-  is the same for every key of a row, cancels in the softmax and gets no gradient.
+  alone), so the adversary changes the attention of masked queries between the
+  cls key and the patch keys.
 - ``coord``: a 2-vector ``adv_shift`` (row, col) shifts the offsets of masked
   rows; the table is read at the fractional offset by bilinear interpolation
   between the buckets of the four surrounding integer offsets, so a zero shift
   gives exactly the plain encoding and gradients reach the shift wherever the
-  neighbouring buckets differ. (The released code instead samples a 7 x 7 view
-  of the table with ``grid_sample`` at the continuous index normalised by beta;
-  that does not reproduce the plain buckets at zero shift.) ``no_shift`` is an
-  all-zero buffer kept for checkpoint compatibility.
+  neighbouring buckets differ. ``no_shift`` is an all-zero buffer kept for
+  checkpoint compatibility.
+
+``released=True`` (``enable_adversary``; AdPE's ``rel_adversary_impl='released'``)
+computes what the released AdPE code computes instead:
+
+- ``embed``: ``adv_token`` is added for EVERY key of a masked query row, the cls
+  key included. The term ``q_i . adv`` is then constant along the row and cancels
+  in the softmax: the adversary has no effect (its gradient is round-off) and the
+  model is MAE+ with relative position.
+- ``coord``: EVERY row (masked rows at offset + ``adv_shift``, the others at the
+  plain offset) reads the table at the continuous index ``g(offset) / beta``
+  (``g`` unrounded, clamped to +-beta) with ``F.grid_sample(align_corners=False,
+  padding_mode='zeros')`` on the 7 x 7 view of the 49 offset buckets, the (row,
+  col) index passed as grid_sample's (x, y): the table comes out transposed, and
+  even at zero shift the encoding differs from the integer buckets (offset 0 maps
+  to the centre bucket, offset 1 to 0.92 of the way to the next one).
 
 Attention runs through ``F.scaled_dot_product_attention`` with the bias as an
 additive float mask (no custom op); ``fused_attn = False`` takes timm's explicit path.
@@ -160,10 +173,14 @@ class KeyRelPos(nn.Module):
         table_heads = 1 if shared_heads else num_heads
         self.lookup_table_weight = nn.Parameter(torch.zeros(table_heads, head_dim, self.num_buckets))
         self.adversary: str | None = None
+        self.released = False
         self._ids_cache: dict[tuple, torch.Tensor] = {}
 
-    def enable_adversary(self, mode: str) -> None:
-        """Add AdPE's adversarial parameters (zero: the encoding is unchanged until they move)."""
+    def enable_adversary(self, mode: str, released: bool = False) -> None:
+        """Add AdPE's adversarial parameters (zero: the encoding is unchanged until they move).
+
+        ``released``: compute what the released AdPE code computes (module docstring).
+        """
         if mode not in ADVERSARY_MODES:
             raise ValueError(f"unknown relative-position adversary {mode!r}; choose one of {ADVERSARY_MODES}")
         if self.adversary is not None:
@@ -175,6 +192,7 @@ class KeyRelPos(nn.Module):
             self.adv_shift = nn.Parameter(torch.zeros(2, device=device))  # (row, col) offset shift
             self.register_buffer("no_shift", torch.zeros(2, device=device))  # reference key; always zero
         self.adversary = mode
+        self.released = bool(released)
 
     def bucket_ids(self, grid_size: tuple[int, int], device: torch.device) -> torch.Tensor:
         """Cached [skip+N, skip+N] bucket ids for a grid."""
@@ -207,6 +225,28 @@ class KeyRelPos(nn.Module):
                 out = out + (wr * wc).to(table.dtype) * self._lookup(table, ids)
         return out
 
+    def released_coord_bias(self, q: torch.Tensor, grid_size: tuple[int, int], shift: torch.Tensor) -> torch.Tensor:
+        """The released coordinate-mode read: every row at the continuous index, grid_sample'd: [B, H, L, L].
+
+        ``shift`` (row, col) is added to every offset; see the module docstring.
+        """
+        i = self.index
+        n, skip, side = grid_size[0] * grid_size[1], self.skip, i.side
+        offsets = grid_offsets(grid_size, q.device) + shift.float()  # [N, N, 2] (row, col)
+        points = i.continuous(offsets).clamp(-i.beta, i.beta) / i.beta
+        weight = self.lookup_table_weight.float()  # [T, hd, nb]
+        t, hd = weight.shape[:2]
+        view = weight[:, :, : side * side].reshape(1, t * hd, side, side)  # [.., row bucket, col bucket]
+        # (row, col) given as grid_sample's (x, y): the row offset indexes the column axis (transposed)
+        rel = F.grid_sample(view, points.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=False)
+        rel = rel.reshape(t * hd, n, n)
+        cls = weight[:, :, side * side :].reshape(t * hd, 1, 1)
+        rel = torch.cat([cls.expand(-1, n, skip), rel], dim=2)
+        rel = torch.cat([cls.expand(-1, skip, skip + n), rel], dim=1).reshape(t, hd, skip + n, skip + n)
+        if t == 1:  # one table for all heads
+            return torch.einsum("bhid,dij->bhij", q.float(), rel[0])
+        return torch.einsum("bhid,hdij->bhij", q.float(), rel)
+
     def forward(
         self,
         q: torch.Tensor,
@@ -217,6 +257,12 @@ class KeyRelPos(nn.Module):
         length = q.shape[2]
         if length != self.skip + grid_size[0] * grid_size[1]:
             raise ValueError(f"sequence of {length} tokens does not match grid {tuple(grid_size)} + {self.skip} cls")
+        if self.adversary == "coord" and self.released:
+            plain = self.released_coord_bias(q, grid_size, self.adv_shift.new_zeros(2))
+            if query_mask is None:
+                return plain.to(q.dtype)
+            shifted = self.released_coord_bias(q, grid_size, self.adv_shift)
+            return torch.where(query_mask[:, None, :, None], shifted, plain).to(q.dtype)
         weight = self.lookup_table_weight.to(q.dtype)
         table = torch.matmul(q, weight)  # [B, H, L, nb]
         bias = self._lookup(table, self.bucket_ids(grid_size, q.device))
@@ -225,6 +271,8 @@ class KeyRelPos(nn.Module):
         rows = query_mask[:, None, :, None]  # [B, 1, L, 1]
         if self.adversary == "embed":
             adv = torch.matmul(q, self.adv_token.to(q.dtype))  # [B, H, L, 1]
+            if self.released:  # every key, cls included: constant along the row, cancels in the softmax
+                return bias + adv * rows.to(q.dtype)
             spatial_keys = torch.arange(length, device=q.device) >= self.skip  # offset buckets only
             return bias + adv * (rows & spatial_keys).to(q.dtype)
         return torch.where(rows, self.shifted_bias(table, grid_size), bias)
@@ -232,7 +280,8 @@ class KeyRelPos(nn.Module):
     def extra_repr(self) -> str:
         i = self.index
         return (f"head_dim={self.head_dim}, table={tuple(self.lookup_table_weight.shape)}, alpha={i.alpha:.3g}, "
-                f"beta={i.beta:.3g}, gamma={i.gamma:.3g}, skip={self.skip}, adversary={self.adversary}")
+                f"beta={i.beta:.3g}, gamma={i.gamma:.3g}, skip={self.skip}, adversary={self.adversary}"
+                f"{', released' if self.released else ''}")
 
 
 def infer_grid(length: int) -> tuple[tuple[int, int], int]:

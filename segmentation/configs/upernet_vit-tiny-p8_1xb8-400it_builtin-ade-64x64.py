@@ -5,10 +5,14 @@
 #   python segmentation/train.py THIS_CONFIG --checkpoint PATH/TO/tiny_pretrain_checkpoint.pth
 _base_ = './upernet_vit-tiny_1xb8-400it_builtin-ade-128x128.py'
 crop_size = (64, 64)
+# The decode head's loss on the 1024 hardest pixels of each 64 x 64 crop (OHEM by loss, a
+# quarter of the crop): sky and ground, ~85 % of the pixels, otherwise hold a short run at
+# background only (120 iterations: every object class at IoU 0 without it, 4 found with it).
 model = dict(
     data_preprocessor=dict(size=crop_size),
     backbone=dict(depth=12, patch_size=8, img_size=64, out_indices=(2, 5, 8, 11)),
     neck=dict(rescales=[2, 1, 0.5, 0.25]),
+    decode_head=dict(sampler=dict(type='OHEMPixelSampler', thresh=None, min_kept=1024)),
     test_cfg=dict(crop_size=crop_size, stride=(43, 43)))
 # the parent's pipelines at short side 128 with 64 px crops
 train_pipeline = _base_.train_pipeline

@@ -5,6 +5,7 @@ optim_wrapper = dict(
     loss_scale='dynamic',
     optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
     constructor='ViTLayerDecayOptimizerConstructor',
+    # add no_decay_rule='mmseg' for MMSeg's own rule (cls_token, pos_embed, relative tables decayed at 0.05)
     paramwise_cfg=dict(num_layers=12, decay_rate=0.65))
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),

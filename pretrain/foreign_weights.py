@@ -1,0 +1,96 @@
+"""Other packages' ViT key layouts -> timm names: Detectron2, MMEngine / MMSegmentation.
+
+A detector or segmentor checkpoint holds the encoder among its heads, under a
+package's prefix and sometimes under its own names:
+
+- Detectron2 (this suite's ViTDet and the official ViTDet ``model_final.pth``):
+  ``backbone.net.<timm name>``; no cls token, no final norm (the position table
+  keeps its cls row); decomposed relative-position tables ``attn.rel_pos_h/w``;
+- MMEngine checkpoints of an MMSegmentation segmentor (``iter_*.pth``, this suite's
+  UperNet): ``backbone.<timm name>`` under ``state_dict``;
+- MMSegmentation's own MAE / BEiT backbone (model-zoo files, flat or under
+  ``backbone.``): ``layers.i.ln1``, ``attn.q_bias``/``v_bias``,
+  ``ffn.layers.0.0``, ``gamma_1``, ``patch_embed.projection``, final norm ``ln1``.
+
+:func:`layouts_of` names the layouts a state dict shows; :func:`to_timm_names`
+returns its encoder part under timm names (heads, necks and buffers left out).
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+DETECTRON2_BACKBONE = "backbone.net."
+MMENGINE_BACKBONE = "backbone."
+# MMSeg MAE / BEiT name -> timm name (applied after ``layers.i.`` -> ``blocks.i.``).
+_MMSEG_BLOCK_NAMES = [
+    (r"\.ln1\.", ".norm1."),
+    (r"\.ln2\.", ".norm2."),
+    (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."),
+    (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
+    (r"\.gamma_1$", ".ls1.gamma"),
+    (r"\.gamma_2$", ".ls2.gamma"),
+]
+_MMSEG_TOP_NAMES = {"patch_embed.projection.weight": "patch_embed.proj.weight",
+                    "patch_embed.projection.bias": "patch_embed.proj.bias",
+                    "ln1.weight": "norm.weight", "ln1.bias": "norm.bias"}
+_BUFFERS = re.compile(r"(^|\.)relative_position_index$")
+
+
+def layouts_of(state: dict[str, torch.Tensor]) -> list[str]:
+    """Every layout the keys show: ``ours``, ``detectron2``, ``mmengine``, ``mmseg-mae``, ``timm-names``."""
+    keys = list(state)
+    found = []
+    if any(k.startswith("encoder.blocks.") for k in keys):
+        found.append("ours")
+    if any(k.startswith(DETECTRON2_BACKBONE + "blocks.") for k in keys):
+        found.append("detectron2")
+    if any(k.startswith((MMENGINE_BACKBONE + "blocks.", MMENGINE_BACKBONE + "layers.")) for k in keys):
+        found.append("mmengine")
+    inner = [k[len(MMENGINE_BACKBONE):] if k.startswith(MMENGINE_BACKBONE) else k for k in keys]
+    if any(k.startswith("layers.") and ".ffn.layers." in k for k in inner):
+        found.append("mmseg-mae")
+    if any(k.startswith("blocks.") for k in keys):
+        found.append("timm-names")
+    return found
+
+
+def mmseg_mae_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MMSeg MAE / BEiT backbone keys -> timm keys; q/v biases become one qkv bias (k bias zero)."""
+    out: dict[str, torch.Tensor] = {}
+    biases: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if _BUFFERS.search(key):
+            continue
+        if key in _MMSEG_TOP_NAMES:
+            out[_MMSEG_TOP_NAMES[key]] = value
+            continue
+        m = re.match(r"^layers\.(\d+)(\..*)$", key)
+        if not m:
+            out[key] = value
+            continue
+        name = f"blocks.{m.group(1)}{m.group(2)}"
+        bias = re.match(r"^(blocks\.\d+\.attn)\.(q|v)_bias$", name)
+        if bias:
+            biases.setdefault(bias.group(1), {})[bias.group(2)] = value
+            continue
+        for pattern, repl in _MMSEG_BLOCK_NAMES:
+            name = re.sub(pattern, repl, name)
+        out[name] = value
+    for attn, qv in biases.items():
+        q, v = qv["q"], qv.get("v", torch.zeros_like(qv["q"]))
+        out[f"{attn}.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return out
+
+
+def to_timm_names(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """The encoder part of a ``layout`` state dict under timm names (other parts left out)."""
+    if layout == "detectron2":
+        return {k[len(DETECTRON2_BACKBONE):]: v for k, v in state.items() if k.startswith(DETECTRON2_BACKBONE)}
+    flat = state
+    if any(k.startswith(MMENGINE_BACKBONE) for k in state):
+        flat = {k[len(MMENGINE_BACKBONE):]: v for k, v in state.items() if k.startswith(MMENGINE_BACKBONE)}
+    if layout == "mmseg-mae":
+        return mmseg_mae_to_timm(flat)
+    return {k: v for k, v in flat.items() if not _BUFFERS.search(k)}

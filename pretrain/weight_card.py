@@ -1,0 +1,129 @@
+"""The card of an exported backbone: what the weights are and where they came from.
+
+Written beside every export as ``<DST>.card.json`` (and inside a safetensors file as
+metadata, inside a ``.pth`` under ``card``): the pretraining method, recipe file,
+epochs, image and patch size, the position-embedding kind (absolute, or relative
+with its kind), the source file and its sha256, and the metrics known for it (the
+run folder's ``pretrain_metrics.json`` / ``config.yaml`` beside the source).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write_json
+
+CARD_VERSION = 1
+CARD_SUFFIX = ".card.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path(dst: str | os.PathLike) -> Path:
+    """Where the JSON card of an export lives: ``backbone.safetensors`` -> ``backbone.safetensors.card.json``."""
+    dst = Path(dst)
+    return dst.with_name(dst.name + CARD_SUFFIX)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any] | None:
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        return cfg if isinstance(cfg, dict) else None
+    except Exception:  # a config the reader cannot parse is not part of the card
+        return None
+
+
+def position_embedding_kind(encoder: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``absolute`` or ``relative`` (with which tables), read off the encoder's keys."""
+    keys = list(encoder)
+    kinds = sorted({name for k in keys for name, part in (
+        ("contextual (iRPE, AdPE)", ".attn.rpe_k."),
+        ("decomposed (ViTDet rel_pos_h/w)", ".attn.rel_pos_h"),
+        ("bias table (BEiT / MMSeg)", ".attn.relative_position_bias_table"),
+    ) if part in k})
+    return {"position_embedding": "relative" if kinds else "absolute", "relative_position": kinds or None,
+            "absolute_table": "pos_embed" in encoder}
+
+
+def _metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The numbers worth carrying: the final epoch's stats and the run's size, no history."""
+    if not metrics:
+        return {}
+    keep = {k: metrics[k] for k in ("task", "arch", "epochs", "epochs_done", "steps", "wall_seconds_total")
+            if k in metrics}
+    if isinstance(metrics.get("final"), dict):
+        keep["final"] = metrics["final"]
+    return keep
+
+
+def build_card(
+    src: str | os.PathLike,
+    ckpt: dict[str, Any],
+    encoder: dict[str, torch.Tensor],
+    source_format: str,
+    target: str,
+) -> dict[str, Any]:
+    """The card of ``encoder`` exported from ``src`` (the loaded ``ckpt``) to ``target``."""
+    src = Path(src)
+    old = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else None
+    if old is None and src.suffix != CARD_SUFFIX:
+        old = _read_json(card_path(src))
+    if old:  # re-exporting an export: keep its history, record the new hop
+        return {**old, "exported_to": target, "converted_from": {"file": src.name, "sha256": file_sha256(src),
+                                                                  "format": source_format}}
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    recipe = None
+    if (src.parent / "config.yaml").is_file():
+        recipe = str(src.parent / "config.yaml")
+        config = config or _read_yaml(src.parent / "config.yaml")
+    config = config or {}
+    metrics = _read_json(src.parent / "pretrain_metrics.json") or {}
+    arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
+    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else config.get("method") or metrics.get("method")
+    if method is None and source_format in ("droppos", "mae", "adpe"):
+        method = source_format
+    train = config.get("train") if isinstance(config.get("train"), dict) else {}
+    epochs = train.get("epochs", metrics.get("epochs", ckpt.get("epoch")))
+    patch = int(encoder["patch_embed.proj.weight"].shape[-1])
+    rows = int(encoder["pos_embed"].shape[1]) - 1 if "pos_embed" in encoder else None
+    side = int(round(rows ** 0.5)) if rows else None
+    return {
+        "card_version": CARD_VERSION,
+        "method": method or "unknown",
+        "recipe": recipe or config.get("recipe"),
+        "epochs": epochs if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else None,
+        "img_size": arch.get("img_size", side * patch if side else None),
+        "patch_size": patch,
+        "embed_dim": int(encoder["patch_embed.proj.weight"].shape[0]),
+        "depth": 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks.")),
+        **position_embedding_kind(encoder),
+        "source": {"file": src.name, "sha256": file_sha256(src), "format": source_format},
+        "metrics": _metrics(metrics),
+        "exported_to": target,
+    }
+
+
+def write_card(dst: str | os.PathLike, card: dict[str, Any]) -> Path:
+    """Write the card as JSON beside ``dst`` (atomically)."""
+    return atomic_write_json(card_path(dst), card)
