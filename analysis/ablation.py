@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.atomic import atomic_write_json
 from pretrain.engine.config import ConfigError, load_config
 
-from .stages import ROOT, STAGES, Profile, Stage, build_stage_table
+from .stages import ROOT, STAGES, Profile, Stage, build_stage_table, stage_availability
 
 METHOD = "droppos"
 RECIPE = "recipe"
@@ -60,8 +60,10 @@ FIXED_KEYS = {
 # Default grids. The DropPos paper's exact ablation grids (its §4.1 tables) could not be read
 # through the search tool (its pages corpus holds only the paper's opening pages); these
 # bracket the recipe value (default.yaml: gamma 0.75, pos_drop 0.75, sigma 1 with decay,
-# attentive on, tau 0.1) on both sides, or switch a flag both ways. The released options
-# (mask_token_type, conf_ignore, shuffle) become axes once the config has them.
+# attentive on, tau 0.1) on both sides, or switch a flag both ways; the released options
+# (mask_token_type, drop_pos_type, conf_ignore, shuffle) take each of their choices. A key
+# without a grid here (e.g. droppos.pos_weight, which acts under multi_task only: sweep it
+# with --ablation-grid and droppos.drop_pos_type=multi_task) needs its values given.
 DEFAULT_GRIDS: dict[str, tuple[str, ...]] = {
     "droppos.mask_ratio": ("0.5", "0.75", "0.9"),
     "droppos.pos_drop_ratio": ("0.5", "0.75", "0.9"),
@@ -70,6 +72,7 @@ DEFAULT_GRIDS: dict[str, tuple[str, ...]] = {
     "droppos.attentive": ("true", "false"),
     "droppos.tau": ("0.05", "0.1", "0.5"),
     "droppos.mask_token_type": ("param", "zeros", "wrong_pos"),
+    "droppos.drop_pos_type": ("droppos", "multi_task"),
     "droppos.conf_ignore": ("false", "true"),
     "droppos.shuffle": ("false", "true"),
 }
@@ -308,15 +311,20 @@ def build_ablation_stages(
     """Every point's stages (``analysis.stages``' builder, the point's overrides on its pretraining), stage by stage.
 
     Each stage's run folder is ``<point>/droppos[/seed<k>]`` below ``out``; its protocol records the point.
+    Only the swept stages are checked for availability (a fresh interpreter imports MMSeg for segmentation).
     """
     recipe_file, overrides = profile.pretrain[METHOD]
     table: list[Stage] = []
     for point in points:
-        p = dataclasses.replace(profile, pretrain={METHOD: (recipe_file, [*overrides, *point.overrides])})
+        p = dataclasses.replace(
+            profile, pretrain={METHOD: (recipe_file, [*overrides, *point.overrides])}, check=False
+        )
         for s in build_stage_table(p, out / point.name, [METHOD], seeds, pretrain_seeds):
             if s.name in stages:
                 s.method = f"{point.name}/{s.method}"
                 s.protocol = {**s.protocol, "ablation": {k: format_value(v) for k, v in point.settings}}
+                if profile.check:
+                    s.available = stage_availability(s.name, METHOD, Path(s.protocol["recipe"]))
                 table.append(s)
     return [s for name in STAGES if name in stages for s in table if s.name == name]
 

@@ -19,6 +19,9 @@ from typing import Sequence
 BOOTSTRAP_RESAMPLES = 2000
 LEVEL = 0.95
 MIN_RUNS = 3  # fewer runs give no correlation worth printing (two points always rank +-1)
+# With a handful of runs the resamples repeat the same few runs: a monotone set of 3 resamples
+# to rho = +1 only, a [+1, +1] "interval". Below this many runs the text says so.
+FEW_RUNS = 6
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,10 @@ class Correlation:
             return f"rho undefined ({why}; n={self.n})"
         if self.low is None or self.high is None:
             return f"rho = {self.rho:+.2f} (n={self.n} runs, no bootstrap interval)"
+        few = f"; under {FEW_RUNS} runs the interval understates the uncertainty" if self.n < FEW_RUNS else ""
         return (
             f"rho = {self.rho:+.2f} [{self.low:+.2f}, {self.high:+.2f}] "
-            f"(n={self.n} runs, bootstrap {100 * LEVEL:.0f} %, {self.resamples} resamples)"
+            f"(n={self.n} runs, bootstrap {100 * LEVEL:.0f} %, {self.resamples} resamples{few})"
         )
 
 
@@ -124,16 +128,15 @@ def plot_correlation(
         raise ValueError("no run has both a pretext accuracy and a transfer metric: nothing to correlate")
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.8 * nrows), squeeze=False, dpi=100)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 4.4 * nrows), squeeze=False, dpi=100)
     for ax, (label, pairs) in zip(axes.flat, shown.items()):
         for p in pairs:
             ax.scatter([p.x], [p.y], s=40 if p.recipe else 18, marker="*" if p.recipe else "o", zorder=3,
                        color="tab:red" if p.recipe else "tab:blue")
             ax.annotate(p.point, (p.x, p.y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_title(label, fontsize=10)
+        ax.set_title(f"{label}\n" + correlate(pairs).text().replace(" (", "\n(").replace("; ", "\n"), fontsize=7)
         ax.set_xlabel(pretext_label, fontsize=8)
-        ax.text(0.02, 0.02, correlate(pairs).text().replace(" (", "\n("), transform=ax.transAxes, fontsize=7,
-                va="bottom", bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
+        ax.margins(0.15)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")

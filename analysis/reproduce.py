@@ -175,6 +175,15 @@ def bad_options(args: argparse.Namespace, methods: list[str], chosen: list[str])
     return ""
 
 
+def exit_code(records: dict[tuple[str, str], dict]) -> int:
+    """1, with the failed stages named, when a stage failed; else 0."""
+    failed = [k for k, r in records.items() if r.get("status") == "failed"]
+    if failed:
+        print(f"[reproduce] failed stages: {', '.join('/'.join(k) for k in failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def run_ablation(args: argparse.Namespace) -> int:
     """The ``--ablation`` sweep: check every axis and value, print or run the stages, then the ablation report."""
     from .ablation_tables import write_ablation_report
@@ -207,11 +216,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
     report = write_ablation_report(out, no_pictures=args.no_pictures)
     print(f"[reproduce] ablation report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
-    failed = [k for k, r in records.items() if r.get("status") == "failed"]
-    if failed:
-        print(f"[reproduce] failed stages: {', '.join('/'.join(k) for k in failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(records)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,11 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     folders = list(dict.fromkeys(s.method for s in table))
     report = write_report(out, args.profile, records, folders, made, time.time() - t0, args.detection_iters)
     print(f"[reproduce] report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
-    failed = [k for k, r in records.items() if r.get("status") == "failed"]
-    if failed:
-        print(f"[reproduce] failed stages: {', '.join('/'.join(k) for k in failed)}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(records)
 
 
 if __name__ == "__main__":

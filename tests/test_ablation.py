@@ -123,12 +123,26 @@ def test_large_grid_needs_confirmation(tmp_path, capsys, monkeypatch):
     assert reproduce.main([argv[0], argv[1], argv[2], argv[3], "--dry-run", "--output", str(out)]) == 0
 
 
+def test_every_default_grid_passes_its_checks():
+    """Each default grid of a key the config has is a valid sweep (the released variants' options among them)."""
+    profile = demo_profile(Path("data/builtin"), 1)
+    keys = set(ablation._leaf_keys(dict(ablation.OmegaConf.to_container(ablation.recipe_config(profile)))))
+    present = [k for k in ablation.DEFAULT_GRIDS if k in keys]
+    assert {"droppos.mask_ratio", "droppos.pos_drop_ratio", "droppos.sigma", "droppos.tau"} <= set(present)
+    for key in present:
+        axes, points = plan_sweep([key], profile)
+        assert points[0].name == RECIPE and len(points) == len(ablation.DEFAULT_GRIDS[key]) + (
+            axes[0].recipe not in axes[0].values
+        )
+
+
 def test_any_config_key_is_an_axis():
     """Keys of the resolved config (the released options among them, once default.yaml has them) are axes."""
     profile = demo_profile(Path("data/builtin"), 1)
-    axes, points = plan_sweep(["droppos.decoder_depth=1,2,4", "optim.blr=0.001,0.0015"], profile)
-    assert axes[0].recipe == 2 and axes[0].values == (1, 2, 4) and axes[1].recipe == pytest.approx(1.5e-3)
-    names = [RECIPE, "droppos.decoder_depth=1", "droppos.decoder_depth=4", "optim.blr=0.001"]
+    axes, points = plan_sweep(["droppos.decoder_depth=1,2,4", "optim.blr=0.0001,0.0002"], profile)
+    assert axes[0].recipe == 2 and axes[0].values == (1, 2, 4)
+    assert axes[1].recipe == ablation.recipe_config(profile).optim.blr and axes[1].values == (1e-4, 2e-4)
+    names = [RECIPE, "droppos.decoder_depth=1", "droppos.decoder_depth=4", "optim.blr=0.0001", "optim.blr=0.0002"]
     assert [p.name for p in points] == names
     with pytest.raises(ablation.AblationError, match="droppos.decoder_depth=1.5"):
         plan_sweep(["droppos.decoder_depth=1.5"], profile)

@@ -318,7 +318,7 @@ def test_non_finite_loss_stops_and_keeps_checkpoints(data, tmp_path, monkeypatch
     run(cfg_for(data, out, *SINGLE, "train.max_steps=4"))
     saved = lambda: {p.name: sha(p) for p in out.iterdir() if p.name.startswith("checkpoint") or p.suffix in (".pth", ".json")}
     before = saved()
-    assert sorted(before) == ["backbone.pth", "checkpoint-00000002.pth", "checkpoint-00000004.pth", "pretrain_metrics.json"]
+    assert sorted(before) == ["backbone.pth", "backbone.pth.card.json", "checkpoint-00000002.pth", "checkpoint-00000004.pth", "pretrain_metrics.json"]
     real_forward, calls = DropPos.forward, []
 
     def poisoned(self, *args, **kwargs):
