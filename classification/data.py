@@ -130,14 +130,6 @@ def batch_finish(transform, device: torch.device):
     return finish(device) if finish is not None else Uint8Normalize()
 
 
-_OPENED: dict[str, ImageFolderDataset] = {}  # split -> the dataset this process last opened for it
-
-
-def opened_dataset(split: str) -> ImageFolderDataset | None:
-    """The ImageFolder this process last opened for ``split`` (its bad-file tally goes into the metrics)."""
-    return _OPENED.get(split)
-
-
 def image_dataset(cfg: DictConfig, split: str, transform, substitute: bool = True) -> Dataset:
     """ImageFolder split with a transform, limited to ``data.limit`` images when set (evenly spread).
 
@@ -147,7 +139,6 @@ def image_dataset(cfg: DictConfig, split: str, transform, substitute: bool = Tru
     """
     ds = ImageFolderDataset(cfg.data.path, split=split, transform=transform, skip_bad=bool(cfg.data.skip_bad),
                             substitute=substitute)
-    _OPENED[split] = ds
     limit = int(cfg.data.limit)
     if limit and limit < len(ds):
         keep = torch.linspace(0, len(ds) - 1, limit).round().long().tolist()  # every class stays present

@@ -188,7 +188,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ema.module.load_state_dict(ckpt["model_ema"])
 
     return train_and_finish(
-        cfg, env, run_dir, model=model, optimizer=optimizer, loader=loader, sampler=sampler,
+        cfg, env, run_dir, model=model, train_images=train_set, val_images=val_set, optimizer=optimizer, loader=loader, sampler=sampler,
         step_fn=make_step_fn(device, mixup_fn, criterion, finish), lr=lr, precision=precision, scaler=scaler,
         evaluation=EvaluationHook(evaluate_all, int(cfg.train.eval_every), run_dir.out_dir / "best.pth"),
         hooks=[EMAHook(ema, model)] if ema is not None else [],

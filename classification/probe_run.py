@@ -150,7 +150,8 @@ def train_probe(
                                 int(cfg.train.eval_every), setup.run_dir.out_dir / "best.pth",
                                 best_state=lambda trainer: {"head": head.state_dict()})
     return train_and_finish(
-        cfg, setup.env, setup.run_dir, model=head, optimizer=optimizer, loader=inputs.loader, sampler=inputs.sampler,
+        cfg, setup.env, setup.run_dir, model=head, train_images=setup.train_images, val_images=setup.val_images,
+        optimizer=optimizer, loader=inputs.loader, sampler=inputs.sampler,
         step_fn=inputs.step_fn, lr=lr, precision=precision, evaluation=evaluation, pretrained=setup.pretrained,
         report=setup.report, num_classes=setup.num_classes, total_batch=total_batch,
         metrics={**metrics, "feature_seconds": inputs.feature_seconds},

@@ -23,7 +23,6 @@ from pretrain.engine.hooks import Hook
 from pretrain.engine.run import RunEnv, TrainingRun, loop_config
 from pretrain.engine.trainer import Trainer
 
-from .data import opened_dataset
 from .load import LoadReport, PretrainedEncoder, load_pretrained, read_pretrained
 from .loop import EvaluationHook, final_scores
 from .model import needs_rel_pos
@@ -80,6 +79,8 @@ def train_and_finish(
     run_dir: TrainingRun,
     *,
     model: nn.Module,
+    train_images: Any,
+    val_images: Any,
     optimizer: torch.optim.Optimizer,
     loader: Any,
     sampler: Any,
@@ -98,11 +99,13 @@ def train_and_finish(
     metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The part every classification protocol shares: Trainer (+ evaluation hook), resume,
-    fit, a last evaluation if the run stopped early, ``classification_metrics.json``."""
+    fit, a last evaluation if the run stopped early, ``classification_metrics.json``.
+
+    ``train_images`` / ``val_images``: the image datasets read (their unreadable files go into the metrics)."""
     base_state = run_dir.extra_state(task=cfg.task)
     # training images are read every epoch unless a probe cached their features (read again at each start)
     per_epoch = not OmegaConf.select(cfg, "probe.cache_features", default=False)
-    train_tally = BadImageTally(opened_dataset(cfg.data.train_split))
+    train_tally = BadImageTally(train_images)
     trainer = Trainer(
         run_dir.wrap(model), optimizer, loader, sampler, step_fn, loop_config(cfg, lr), env.device, precision,
         run_dir.manager, run_dir.logger, scaler=scaler, hooks=[*hooks, evaluation],
@@ -132,22 +135,21 @@ def train_and_finish(
         "world_size": env.world,
         "resumed_from": str(resumed_from) if resumed_from else None,
         "best_checkpoint": str(run_dir.out_dir / "best.pth"),
-        "data": bad_image_record(cfg, run_dir, train_tally),
+        "data": bad_image_record(cfg, run_dir, train_tally, val_images),
     })
     du.barrier()
     return out
 
 
-def bad_image_record(cfg: DictConfig, run_dir: TrainingRun, train_tally: BadImageTally) -> dict[str, Any]:
+def bad_image_record(cfg: DictConfig, run_dir: TrainingRun, train_tally: BadImageTally, val_set: Any) -> dict[str, Any]:
     """What ``data.skip_bad`` skipped, for the metrics JSON (counts, the first names) and the log (every name).
 
     Training: each bad file once per epoch (over restarts); evaluation: the files dropped
     from the split (never replaced), so the scores are over ``val.images - val.bad_files``.
     """
     train, train_files = train_tally.summary(du.all_gather_object(train_tally.state()))
-    val_tally = BadImageTally(opened_dataset(cfg.data.val_split))
+    val_tally = BadImageTally(val_set)
     val, val_files = val_tally.summary(du.all_gather_object(val_tally.state()))
-    val_set = opened_dataset(cfg.data.val_split)
     del val["bad_image_skips"]  # per evaluation: the dropped files
     record = {"skip_bad": bool(cfg.data.skip_bad), "train": train,
               "val": {"images": len(val_set) if val_set is not None else None, **val}}
