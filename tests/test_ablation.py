@@ -20,7 +20,7 @@ from analysis.profiles import demo_profile
 from analysis.runner import run_stages
 from analysis.stages import METRICS
 
-SWEEP = ["--ablation", "droppos.mask_ratio=0.5,0.75,0.9"]
+SWEEP = ["--ablation", "droppos.mask_ratio=0.75,0.5,0.9"]
 
 
 def heads(text: str) -> list[str]:
@@ -35,7 +35,7 @@ def test_dry_run_lists_each_value_once_and_the_recipe_shared(tmp_path, capsys):
     assert reproduce.main(argv) == 0
     text = capsys.readouterr().out
     h = heads(text)
-    points = ["recipe", "droppos.mask_ratio=0.5", "droppos.mask_ratio=0.9", "droppos.tau=0.05"]
+    points = ["recipe", "droppos.mask_ratio=0.75", "droppos.mask_ratio=0.9", "droppos.tau=0.05"]
     # stage by stage: every point's pretraining first; the recipe value of both axes is one run
     assert h[:4] == [f"{p}/droppos / pretrain" for p in points]
     assert [x.split(" / ")[1] for x in h[4::4]] == ["finetune", "linear_probe", "knn", "position_probe"]
@@ -44,7 +44,7 @@ def test_dry_run_lists_each_value_once_and_the_recipe_shared(tmp_path, capsys):
     head = "# {p}/droppos / pretrain -> {out}/{p}/droppos/pretrain/pretrain_metrics.json"
     pretrain = {p: lines[lines.index(head.format(p=p, out=out)) + 1] for p in points}
     assert "droppos.mask_ratio" not in pretrain["recipe"] and "droppos.tau" not in pretrain["recipe"]
-    assert pretrain["droppos.mask_ratio=0.5"].endswith("train.epochs=6 droppos.mask_ratio=0.5 train.seed=0")
+    assert pretrain["droppos.mask_ratio=0.75"].endswith("train.epochs=6 droppos.mask_ratio=0.75 train.seed=0")
     assert "droppos.tau=0.05" in pretrain["droppos.tau=0.05"] and "droppos_vit_tiny_builtin.yaml" in text
     assert f"checkpoint={out}/droppos.mask_ratio=0.9/droppos/pretrain/backbone.pth" in text
     assert "python -m analysis.ablation_tables" in text and not out.exists()
@@ -58,11 +58,11 @@ def test_seeds_default_grid_and_grid_points(tmp_path, capsys):
     assert "recipe/droppos/seed1 / finetune" in h and "droppos.attentive=false/droppos/seed1 / knn" in h
     assert len(h) == 2 * (1 + 4 * 2)
     profile = demo_profile(Path("data/builtin"), 1)
-    axes, points = plan_sweep(["droppos.mask_ratio=0.5,0.75", "droppos.sigma=0,1"], profile, grid=True)
+    axes, points = plan_sweep(["droppos.mask_ratio=0.75,0.5", "droppos.sigma=0,1"], profile, grid=True)
     assert [p.name for p in points] == [
         RECIPE,
-        "droppos.mask_ratio=0.5+droppos.sigma=0.0",
-        "droppos.mask_ratio=0.5",
+        "droppos.mask_ratio=0.75+droppos.sigma=0.0",
+        "droppos.mask_ratio=0.75",
         "droppos.sigma=0.0",
     ]  # the product of the values in order; points at the recipe on an axis share that axis's runs
     _, tau = plan_sweep(["droppos.tau"], profile)
@@ -149,8 +149,8 @@ def test_any_config_key_is_an_axis():
 
 
 # --------------------------------------------------------------------------- running, skip-if-done, tables
-# per point: (pretext pos_acc, FT top-1): the easier pretext (mask ratio 0.5) has the best pos_acc, not the best FT
-RESULTS = {RECIPE: (0.40, 80.0), "droppos.mask_ratio=0.5": (0.60, 78.0), "droppos.mask_ratio=0.9": (0.20, 70.0)}
+# per point: (pretext pos_acc, FT top-1), made up: the point with the best pos_acc (0.75) is not the best in FT
+RESULTS = {RECIPE: (0.40, 80.0), "droppos.mask_ratio=0.75": (0.60, 78.0), "droppos.mask_ratio=0.9": (0.20, 70.0)}
 
 
 def fake_metrics(stage, point: str) -> dict:
@@ -188,7 +188,7 @@ def test_sweep_runs_skips_done_stages_when_extended_and_writes_the_tables(tmp_pa
     monkeypatch.setattr(reproduce, "prepare_data", lambda root: None)
     out = tmp_path / "abl"
     base = ["--output", str(out), "--jobs", "1", "--seeds", "2"]
-    assert reproduce.main(["--ablation", "droppos.mask_ratio=0.5,0.75", *base]) == 0
+    assert reproduce.main(["--ablation", "droppos.mask_ratio=0.75,0.5", *base]) == 0
     first = capsys.readouterr().out
     assert first.count(": running") == 2 * (1 + 4 * 2)
     done = (out / RECIPE / "droppos" / "finetune" / METRICS["finetune"]).stat().st_mtime_ns
@@ -197,20 +197,20 @@ def test_sweep_runs_skips_done_stages_when_extended_and_writes_the_tables(tmp_pa
     log = capsys.readouterr().out
     assert log.count(": running") == 1 + 4 * 2 and "droppos.mask_ratio=0.9/droppos/pretrain: running" in log
     assert "recipe/droppos/finetune: done before" in log
-    assert "droppos.mask_ratio=0.5/droppos/seed1/knn: done before" in log
+    assert "droppos.mask_ratio=0.75/droppos/seed1/knn: done before" in log
     assert (out / RECIPE / "droppos" / "finetune" / METRICS["finetune"]).stat().st_mtime_ns == done
     plan = json.loads((out / "ablation_plan.json").read_text())
-    assert plan["axes"]["droppos.mask_ratio"] == ["0.5", "0.75", "0.9"]
-    assert plan["recipe"]["droppos.mask_ratio"] == "0.75"
+    assert plan["axes"]["droppos.mask_ratio"] == ["0.75", "0.5", "0.9"]
+    assert plan["recipe"]["droppos.mask_ratio"] == "0.5"
     protocol = json.loads((out / "droppos.mask_ratio=0.9" / "droppos" / "protocol.json").read_text())
     assert protocol["stages"]["pretrain"]["ablation"] == {"droppos.mask_ratio": "0.9"}
     md = (out / "ablation.md").read_text()
     # the axis table: values in order, the recipe marked, pretext in %, seeds pooled (80 and 81)
     assert "| droppos.mask_ratio | PT pos. acc (pretext, %) | FT top-1 |" in md
-    assert "| 0.75 (recipe) | 40.0 (n=1) | 80.5 ± 0.7 (n=2) |" in md
-    assert md.index("| 0.5 |") < md.index("| 0.75 (recipe)") < md.index("| 0.9 |")
+    assert "| 0.5 (recipe) | 40.0 (n=1) | 80.5 ± 0.7 (n=2) |" in md
+    assert md.index("| 0.5 (recipe)") < md.index("| 0.75 |") < md.index("| 0.9 |")
     # 78.5 vs 80.5 over two seeds each (std 0.71): se 0.71, Welch df 2, t 4.303: -2.0 [-5.0, +1.0]
-    assert "| 0.5 | +20.0 (one seed, no noise estimate) | -2.0 [-5.0, +1.0] within noise |" in md
+    assert "| 0.75 | +20.0 (one seed, no noise estimate) | -2.0 [-5.0, +1.0] within noise |" in md
     assert "| 0.9 | -20.0 (one seed, no noise estimate) | -10.0 [-13.0, -7.0] beyond noise |" in md
     # pos_acc ranks 2, 3, 1 and FT ranks 3, 2, 1: d^2 = 1 + 1 + 0, rho = 1 - 6 * 2 / (3 * 8) = +0.50
     assert "| FT top-1 | 3 | rho = +0.50 [" in md
@@ -220,7 +220,7 @@ def test_sweep_runs_skips_done_stages_when_extended_and_writes_the_tables(tmp_pa
 
 def test_runner_skips_every_finished_point(tmp_path, capsys):
     profile = demo_profile(tmp_path / "data", 0)
-    points = [Point(), Point((("droppos.mask_ratio", 0.5),))]
+    points = [Point(), Point((("droppos.mask_ratio", 0.75),))]
     stages = build_ablation_stages(profile, tmp_path, points)
     for s in stages:
         s.metrics.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def test_flop_count_matches_analytic_vit():
 
 
 def test_droppos_training_flops_split():
-    cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32"])
+    cfg = load_config("droppos_vit_tiny_builtin.yaml", ["model.img_size=32", "droppos.mask_ratio=0.75"])
     from pretrain.models import build_method
 
     model = build_method(cfg)
