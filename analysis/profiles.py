@@ -18,18 +18,21 @@ from pathlib import Path
 
 from .stages import Profile
 
-# Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage. CPU time per
-# method and stage (one thread, measured on a shared machine): pretraining 1.0-2.3 min, fine-tuning
-# 1.4-2.1, linear probe 0.3, k-NN 0.25, attentive probe 0.3, detection 1.1 (120 iterations of the
-# tiny recipe: box AP 18 from the demo's DropPos backbone, detection/README.md), segmentation 0.6,
-# position probe 0.8, the pretrained-vs-fine-tuned probe 0.6. Two stages run at a time.
+# Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage. CPU minutes
+# per method and stage (one thread, 2026-12-02, a machine about 30 % slower per stage than the
+# one of the day before): pretraining 1.1 (MAE, AdPE) and 3.5 (DropPos at mask ratio 0.5),
+# fine-tuning 1.5, linear probe 0.3, k-NN 0.3, attentive probe 0.4, detection 1.3 at 120
+# iterations, segmentation 0.7, position probe 0.8-1.0 and the pretrained-vs-fine-tuned probe 0.7-0.8
+# (600 training images, 5 drop ratios); 29.7 CPU min in all, 16.2 min wall. Hence 100 detection
+# iterations, 400 probe training images and 4 drop ratios. Two stages run at a time.
 DEMO = {
     "finetune": ["train.epochs=3"],
     "linear_probe": ["train.epochs=30"],
-    "detection_iters": 120,
+    "detection_iters": 100,
     "segmentation_iters": 60,
     "probe_img_size": 64,
-    "probe_train_images": 600,
+    "probe_train_images": 400,
+    "probe_sweep": "0,0.5,0.75,1.0",
 }
 # profile -> backbone size and, per method, (pretraining recipe in pretrain/configs, overrides)
 PROFILES = {
@@ -175,6 +178,7 @@ def demo_profile(
             "--train-images",
             str(DEMO["probe_train_images"]),
         ],
+        probe_sweep=DEMO["probe_sweep"],
         random_arch=f"vit_{spec['size']}_patch8_{DEMO['probe_img_size']}",
         check=True,
     )

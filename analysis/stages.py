@@ -194,6 +194,7 @@ class Profile:
         train_flags: overrides of the stages that train (all of those but k-NN).
         overrides: stage -> its own overrides (key=value, or MMEngine ``--cfg-options``).
         probe_flags: position-probe options after ``--label``.
+        probe_sweep: the drop ratios of the position-probe stage (comma-separated; 0.75 among them).
         random_arch: the ViT the scratch baseline's position probe builds (``vit_<size>_patch<p>_<img>``).
         env: stage -> extra environment variables.
         check: whether to mark the stages this machine cannot run (config file or packages missing).
@@ -214,6 +215,7 @@ class Profile:
     train_flags: list[str] = field(default_factory=list)
     overrides: dict[str, list[str]] = field(default_factory=dict)
     probe_flags: list[str] = field(default_factory=list)
+    probe_sweep: str = PROBE_SWEEP
     random_arch: str = ""
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
@@ -263,7 +265,7 @@ def _transfer_command(
     if backbone is None:  # random init: the probe builds the profile's ViT itself
         extra += ["--random-arch", p.random_arch]
     head = [*p.python, "-m", "analysis.position_probe", "--checkpoint", ckpt, "--data", p.probe_data]
-    return head + ["--sweep", PROBE_SWEEP, "--output", str(where), "--label", init, *extra], None, extra
+    return head + ["--sweep", p.probe_sweep, "--output", str(where), "--label", init, *extra], None, extra
 
 
 def _stage(

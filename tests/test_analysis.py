@@ -498,7 +498,7 @@ def test_reproduce_demo_dry_run_lists_every_stage(tmp_path, capsys):
     assert "pretrain/configs/adpe_vit_tiny_builtin.yaml" in text and "train.epochs=3" in text
     assert "data.builtin=true data.num_workers=0 train.progress=false train.tensorboard=false" in text
     assert "train.max_iter=30 " in text and "'lr_multiplier.scheduler.milestones=[26, 28]'" in text
-    assert "--img-size 64 --num-workers 0 --train-images 600" in text
+    assert "--img-size 64 --num-workers 0 --train-images 400" in text
     assert "train_dataloader.dataset.data_root=data/builtin/ade20k/ADEChallengeData2016" in text
     assert not out.exists()
 
