@@ -246,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     made = []
     if not args.no_pictures:
         t = time.time()
-        if threads:
+        if threads:  # every stage has finished: the pictures get all the cores
             import torch
 
-            torch.set_num_threads(max(threads, 1))
+            torch.set_num_threads(max(threads * jobs, 1))
         made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), methods)
         print(f"[reproduce] pictures: {len(made)} made ({time.time() - t:.0f} s)", flush=True)
     folders = list(dict.fromkeys(s.method for s in table))
