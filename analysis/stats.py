@@ -5,7 +5,8 @@ A difference of two initialisations (or of a run and a paper's number) is judged
 Welch's two-sample t interval at 95 %: the difference of the means, its standard error
 ``sqrt(s_a^2 / n_a + s_b^2 / n_b)`` and the Welch-Satterthwaite degrees of freedom. When
 the interval excludes zero the verdict is "beyond noise", else "within noise". With one
-seed on either side there is no noise estimate and no verdict. A spread a paper publishes
+seed on either side, or the same value from every seed on both sides, there is no noise
+estimate and no verdict. A spread a paper publishes
 enters as that side's standard deviation; when the paper does not say over how many runs,
 its number counts as one run whose spread is known (its degrees of freedom infinite).
 
@@ -22,6 +23,9 @@ from typing import Sequence
 LEVEL = 0.95
 TEST_NAME = "Welch's t, 95 % interval"
 BEYOND, WITHIN, ONE_SEED = "beyond noise", "within noise", "one seed, no noise estimate"
+# Every seed gave the same value on both sides (k-NN on one checkpoint is deterministic):
+# the seeds measured no noise, which is not the same as there being none.
+NO_SPREAD = "same value for every seed, no noise estimate"
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,8 @@ def welch(a: Summary, b: Summary, level: float = LEVEL) -> Difference:
         return Difference(delta, None, None, None, ONE_SEED)
     va, vb = a.std**2 / a.n, b.std**2 / b.n  # type: ignore[operator]
     se = math.sqrt(va + vb)
-    if se == 0.0:  # every seed gave the same value on both sides
-        return Difference(delta, delta, delta, math.inf, BEYOND if delta != 0 else WITHIN)
+    if se == 0.0:  # every seed gave the same value on both sides: no interval to judge by
+        return Difference(delta, None, None, None, NO_SPREAD)
     denom = sum(v * v / d for v, d in ((va, a.dof), (vb, b.dof)) if not math.isinf(d))
     df = (va + vb) ** 2 / denom if denom > 0 else math.inf
     half = t_quantile(0.5 + level / 2.0, df) * se

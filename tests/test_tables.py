@@ -13,6 +13,7 @@ from analysis.profiles import demo_profile
 from analysis.runs import collect_run, write_protocols
 from analysis.stages import build_stage_table
 from analysis.stats import (
+    NO_SPREAD,
     ONE_SEED,
     Summary,
     difference_cell,
@@ -62,6 +63,14 @@ def test_one_seed_gives_no_verdict_and_published_spreads_count():
     se = math.sqrt(0.01 / 3 + 0.01)
     assert d.df == pytest.approx(((0.01 / 3 + 0.01) ** 2) / ((0.01 / 3) ** 2 / 2))
     assert d.high == pytest.approx(-1.5 + t_quantile(0.975, d.df) * se) and d.verdict == "beyond noise"
+    # the same value from every seed on both sides (k-NN on one checkpoint): no interval, no claim
+    d = welch(summarize([58.5, 58.5, 58.5]), summarize([40.5, 40.5, 40.5]))
+    assert d.low is None and d.verdict == NO_SPREAD
+    assert difference_cell(d) == "+18.0 (same value for every seed, no noise estimate)"
+    # one side spread, the other constant: the interval comes from the side that varies
+    d = welch(summarize([58.5, 58.5, 58.5]), summarize([51.0, 52.5, 53.5]))
+    se = math.sqrt(summarize([51.0, 52.5, 53.5]).std ** 2 / 3)
+    assert d.high - d.low == pytest.approx(2 * t_quantile(0.975, 2) * se) and d.verdict == "beyond noise"
 
 
 def test_value_cells():
