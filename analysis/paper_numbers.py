@@ -69,6 +69,14 @@ def _finetune(method: str, variant: str, size: str, epochs: int | None, top1: fl
     return PaperRow(method, variant, size, arch, epochs, finetune_top1=top1, source=source, protocols=_FT)
 
 
+def _mae_paper(size: str, arch: str, finetune: float, linear_probe: float, **transfer: float) -> PaperRow:
+    """The MAE paper's row (1600 epochs): fine-tuning, linear probe and the transfer numbers it gives."""
+    return PaperRow(
+        "mae", "MAE", size, arch, 1600, finetune_top1=finetune, linear_probe_top1=linear_probe,
+        source="MAE paper", protocols=_MAE_TRANSFER, **transfer,
+    )
+
+
 def _mae_repo(size: str, arch: str, finetune: float, spread: float, linear_probe: float) -> PaperRow:
     """The MAE PyTorch repo's row: fine-tuning mean and spread over 4 seeds, linear probe."""
     return PaperRow(
@@ -111,36 +119,9 @@ PAPER_ROWS: tuple[PaperRow, ...] = (
         },
     ),
     # MAE (CVPR 2022): fine-tuning, linear probe, Mask R-CNN COCO, UperNet ADE20K.
-    PaperRow(
-        "mae",
-        "MAE",
-        "base",
-        "ViT-B/16",
-        1600,
-        finetune_top1=83.6,
-        linear_probe_top1=68.0,
-        coco_box_ap=50.3,
-        ade_miou=48.1,
-        source="MAE paper",
-        protocols=_MAE_TRANSFER,
-    ),
-    PaperRow(
-        "mae",
-        "MAE",
-        "large",
-        "ViT-L/16",
-        1600,
-        finetune_top1=85.9,
-        linear_probe_top1=75.8,
-        coco_box_ap=53.3,
-        ade_miou=53.6,
-        source="MAE paper",
-        protocols=_MAE_TRANSFER,
-    ),
-    PaperRow(
-        "mae", "MAE", "huge", "ViT-H/14", 1600, finetune_top1=86.9, linear_probe_top1=76.6, source="MAE paper",
-        protocols=_MAE_TRANSFER,
-    ),
+    _mae_paper("base", "ViT-B/16", 83.6, 68.0, coco_box_ap=50.3, ade_miou=48.1),
+    _mae_paper("large", "ViT-L/16", 85.9, 75.8, coco_box_ap=53.3, ade_miou=53.6),
+    _mae_paper("huge", "ViT-H/14", 86.9, 76.6),
     _mae_repo("base", "ViT-B/16", 83.57, 0.08, 67.8),
     _mae_repo("large", "ViT-L/16", 85.87, 0.07, 76.0),
     PaperRow(
