@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.encoder_loading import LoadRules, load_encoder_into
+from pretrain.weights.loading import LoadRules, load_encoder_into
 from pretrain.weights import (
     ENCODER_PREFIX,
     CheckpointError,
@@ -142,7 +142,7 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
 def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
     fmt = detect_format(state)
     method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
-    card = ckpt.get("card")  # an export's card (pretrain.weight_card)
+    card = ckpt.get("card")  # an export's card (pretrain.weights.card)
     if method is None and isinstance(card, dict) and card.get("method") not in (None, "unknown"):
         method = card["method"]
     cfg = ckpt.get("config")

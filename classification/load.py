@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn as nn
 
-from pretrain.encoder_loading import LoadReport, LoadRules, load_encoder_into
+from pretrain.weights.loading import LoadReport, LoadRules, load_encoder_into
 from pretrain.weights import detect_format, encoder_state_dict, load_checkpoint_file, model_state
 
 FINAL_NORM_SKIPPED = "final norm unused with global_pool='avg' (fc_norm after pooling replaces it, as in MAE)"

@@ -9,7 +9,7 @@ are read safely (weights only; a pickled ``argparse.Namespace`` is ignored), red
 timm-named encoder weights and renamed to ``backbone.net.<timm name>``; ViTDet uses neither
 the cls token nor the final norm, so those are dropped, and a position table pretrained at
 another resolution is resized. Detectron2's loader then receives plain tensors with no
-shape mismatch. The ``pretrain.encoder_loading`` report (loaded / new / unused keys)
+shape mismatch. The ``pretrain.weights.loading`` report (loaded / new / unused keys)
 is logged and kept, as its JSON record, in ``ViTDetCheckpointer.load_report``.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from pretrain.encoder_loading import LoadReport, LoadRules, match_encoder
+from pretrain.weights.loading import LoadReport, LoadRules, match_encoder
 from pretrain.weights import CheckpointError, encoder_state_dict, load_checkpoint_file, model_state
 
 BACKBONE_PREFIX = "backbone.net."

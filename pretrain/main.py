@@ -30,6 +30,7 @@ from .engine.run import TrainingRun, loop_config, start_run, total_batch_and_lr
 from .engine.sampler import ResumableSampler, SeededDataset
 from .engine.trainer import Trainer, resolve_precision
 from .data.imagefolder import BadImageTally, skip_message
+from .data.loader_timeout import worker_timeout
 from .data.transforms import Uint8Normalize
 from .models import PretrainMethod, build_method
 
@@ -107,6 +108,7 @@ def run(cfg: DictConfig) -> dict:
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),  # worker seeds: keep the global RNG for the model
+        timeout=worker_timeout(workers),  # a hung worker fails with a message instead of blocking forever
     )
     run_dir = TrainingRun(cfg, env, "pretrain")
     logger = run_dir.prepare_output()
@@ -184,7 +186,7 @@ def run(cfg: DictConfig) -> dict:
 def write_backbone(path: Path, backbone: dict, cfg: DictConfig, arch: dict, checkpoints: list[Path]) -> None:
     """``backbone.pth`` (timm names) with its card (method, recipe, epochs, sizes, the source checkpoint's
     sha256, the metrics), also written beside it as ``backbone.pth.card.json``."""
-    from .weight_card import build_card, write_card
+    from .weights.card import build_card, write_card
 
     ckpt = {"config": OmegaConf.to_container(cfg, resolve=True), "method": cfg.method, "arch": arch}
     card = build_card(checkpoints[0], ckpt, backbone, "ours", "timm") if checkpoints else None

@@ -3,7 +3,7 @@
 MMSeg's own backbone loading is non-strict and silent, and MMEngine's loader
 cannot open checkpoints that pickle an ``argparse.Namespace`` under torch>=2.6.
 Here the file is read as plain tensors (``pretrain.weights.load_encoder``),
-reduced to timm-named encoder keys and loaded by ``pretrain.encoder_loading``:
+reduced to timm-named encoder keys and loaded by ``pretrain.weights.loading``:
 the position table is resized to the backbone's grid, keys the backbone lacks
 (the final norm in the MAE recipe) are skipped, everything the checkpoint does
 not fill (layer scale, relative position tables; the neck and decode heads live
@@ -11,7 +11,7 @@ outside the backbone) stays new, and a report says so. Loading no transformer
 block weight is an error, not a warning, and so is leaving any other encoder
 weight at its initialisation (a detector's backbone has no cls token) unless it is
 named in ``partial``. Detector, segmentor and MMSeg MAE-named files are read too
-(``pretrain.foreign_weights``).
+(``pretrain.weights.foreign``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from pretrain.encoder_loading import LoadReport, LoadRules, load_encoder_into
+from pretrain.weights.loading import LoadReport, LoadRules, load_encoder_into
 from pretrain.weights import load_encoder as read_encoder_state  # file -> timm-named encoder tensors
 
 __all__ = ["load_encoder_weights", "read_encoder_state"]

@@ -10,12 +10,12 @@ from pretrain.weights import (
     CheckpointError,
     atomic_torch_save,
     detect_format,
-    export_backbone,
     load_checkpoint_file,
     load_encoder,
     load_method_weights,
     model_state,
 )
+from pretrain.weights.export import export_backbone
 from pretrain.models import DropPos, MAE, create_vit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -12,10 +12,11 @@ import pytest
 import timm
 import torch
 
-from pretrain.encoder_loading import LoadRules, load_encoder_into
+from pretrain.weights.loading import LoadRules, load_encoder_into
 from pretrain.models.vit import create_vit
-from pretrain.weight_card import card_path, file_sha256
-from pretrain.weight_export import export_weights, read_card
+from pretrain.weights.card import card_path, file_sha256
+from pretrain.weights import read_card
+from pretrain.weights.export import export_weights
 from pretrain.weights import CheckpointError, detect_format, load_checkpoint_file, load_encoder, model_state
 from tools.convert_checkpoint import main as convert
 

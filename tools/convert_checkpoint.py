@@ -9,14 +9,14 @@ MAE / AdPE checkpoint, timm ViT weights (a fine-tuned classifier), a Detectron2 
 checkpoint (``iter_*.pth``), MMSegmentation MAE / BEiT backbone weights, or an earlier
 export (safetensors with its card). The source format is detected and printed; a file
 whose keys show two layouts is refused as ambiguous. DST gets the encoder in the
-target's names and layout (``pretrain.weight_export``) and ``DST.card.json`` beside it.
+target's names and layout (``pretrain.weights.export``) and ``DST.card.json`` beside it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pretrain.weight_export import WRITERS, export_weights
+from pretrain.weights.export import WRITERS, export_weights
 from pretrain.weights import CheckpointError
 
 

@@ -9,7 +9,7 @@ Formats understood:
   (which must carry its card);
 - a Detectron2 detector (``backbone.net.*``, this suite's ViTDet or ViTDet's own), an
   MMEngine segmentor checkpoint (``state_dict`` / ``backbone.*``) and MMSegmentation's
-  MAE / BEiT backbone names (``pretrain.foreign_weights``).
+  MAE / BEiT backbone names (``pretrain.weights.foreign``).
 
 A state dict that shows two layouts at once is refused as ambiguous.
 
@@ -19,6 +19,7 @@ inert placeholder and reported as ignored.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -29,8 +30,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .atomic import atomic_write
-from .foreign_weights import layouts_of, to_timm_names
+from ..atomic import atomic_write
+from .card import CARD_METADATA_KEY
+from .foreign import layouts_of, to_timm_names
 
 ENCODER_PREFIX = "encoder."
 # An export keeps here the encoder weights its target has no place for (a detector's
@@ -86,8 +88,6 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: str | torch.devi
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint file is empty (0 bytes): {path}")
     if path.suffix == ".safetensors":
-        from .weight_export import read_safetensors
-
         return read_safetensors(path)
     ignored: list[str] = []
     try:
@@ -134,7 +134,7 @@ def model_state(ckpt: dict[str, Any], path: str | os.PathLike = "<dict>") -> dic
 
 
 def source_layout(state: dict[str, torch.Tensor], path: str | os.PathLike = "<dict>") -> str | None:
-    """The one key layout of ``state`` (``pretrain.foreign_weights.layouts_of``); ambiguous ones are refused."""
+    """The one key layout of ``state`` (``pretrain.weights.foreign.layouts_of``); ambiguous ones are refused."""
     found = layouts_of(state)
     if "mmseg-mae" in found and "mmengine" in found:  # MMSeg names under the segmentor's prefix
         found.remove("mmengine")
@@ -251,8 +251,30 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
 
 
-def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Write an encoder-only file (``{'model': timm-named weights, 'card': ...}``) and its card from any checkpoint."""
-    from .weight_export import export_weights
+def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
+    """``{'model': tensors, 'card': card}`` from a safetensors export; no card or a bad file is an error."""
+    from safetensors import SafetensorError, safe_open
 
-    return export_weights(src, dst, "timm").encoder
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"safetensors file is corrupt or truncated: {path} ({exc})") from exc
+    if CARD_METADATA_KEY not in meta:
+        raise CheckpointError(
+            f"safetensors file without a card: {path} has no '{CARD_METADATA_KEY}' metadata "
+            f"(found: {sorted(meta) or 'none'}); only cards tell what the weights are. Export it with "
+            f"python -m tools.convert_checkpoint, or load the tensors yourself with safetensors.torch.load_file")
+    try:
+        card = json.loads(meta[CARD_METADATA_KEY])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: the card in the safetensors metadata is not valid JSON ({exc})") from exc
+    return {"model": tensors, "card": card}
+
+
+def read_card(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The card inside an export (``card`` / safetensors metadata), or None."""
+    ckpt = load_checkpoint_file(path)
+    card = ckpt.get("card")
+    return card if isinstance(card, dict) else None

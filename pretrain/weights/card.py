@@ -16,10 +16,11 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_json
+from ..atomic import atomic_write_json
 
 CARD_VERSION = 1
 CARD_SUFFIX = ".card.json"
+CARD_METADATA_KEY = "droppos_card"  # where a safetensors export keeps its card
 
 
 def file_sha256(path: str | os.PathLike) -> str:

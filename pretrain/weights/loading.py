@@ -34,9 +34,9 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .atomic import atomic_write_json
-from .models.pos_embed import resize_pos_embed
-from .weights import CheckpointError
+from ..atomic import atomic_write_json
+from ..models.pos_embed import resize_pos_embed
+from .read import CheckpointError
 
 
 @dataclass(frozen=True)

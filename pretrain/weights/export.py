@@ -28,13 +28,12 @@ from typing import Any, Callable
 
 import torch
 
-from .atomic import atomic_write
-from .encoder_loading import group_keys
-from .weight_card import build_card, write_card
-from .weights import EXTRAS_KEY, CheckpointError, atomic_torch_save, detect_format, encoder_state_dict, \
+from ..atomic import atomic_write
+from .loading import group_keys
+from .card import CARD_METADATA_KEY, build_card, write_card
+from .read import EXTRAS_KEY, CheckpointError, atomic_torch_save, detect_format, encoder_state_dict, \
     load_checkpoint_file, model_state
 
-CARD_METADATA_KEY = "droppos_card"
 DETECTRON2_PREFIX = "backbone.net."
 MMSEG_PREFIX = "backbone."
 
@@ -60,28 +59,6 @@ def write_safetensors(path: str | os.PathLike, encoder: dict[str, torch.Tensor],
 
     blob = save(_plain(encoder), metadata={"format": "pt", CARD_METADATA_KEY: json.dumps(card)})
     atomic_write(path, lambda f: f.write(blob))
-
-
-def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """``{'model': tensors, 'card': card}`` from a safetensors export; no card or a bad file is an error."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"safetensors file is corrupt or truncated: {path} ({exc})") from exc
-    if CARD_METADATA_KEY not in meta:
-        raise CheckpointError(
-            f"safetensors file without a card: {path} has no '{CARD_METADATA_KEY}' metadata "
-            f"(found: {sorted(meta) or 'none'}); only cards tell what the weights are. Export it with "
-            f"python -m tools.convert_checkpoint, or load the tensors yourself with safetensors.torch.load_file")
-    try:
-        card = json.loads(meta[CARD_METADATA_KEY])
-    except ValueError as exc:
-        raise CheckpointError(f"{path}: the card in the safetensors metadata is not valid JSON ({exc})") from exc
-    return {"model": tensors, "card": card}
 
 
 # Encoder parts a target has no place for: (glob pattern, why). They travel under
@@ -184,8 +161,6 @@ def export_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "ti
     return Export(encoder, card, fmt, [dst, write_card(dst, card)])
 
 
-def read_card(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The card inside an export (``card`` / safetensors metadata), or None."""
-    ckpt = load_checkpoint_file(path)
-    card = ckpt.get("card")
-    return card if isinstance(card, dict) else None
+def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Write an encoder-only file (``{'model': timm-named weights, 'card': ...}``) and its card from any checkpoint."""
+    return export_weights(src, dst, "timm").encoder
