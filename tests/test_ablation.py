@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis import ablation, reproduce
-from analysis.ablation import (
+from analysis.reproduce import main as reproduce
+from analysis.sweeps import ablation
+from analysis.sweeps.ablation import (
     GRID_CONFIRM_RUNS,
     RECIPE,
     Point,
@@ -15,10 +16,10 @@ from analysis.ablation import (
     format_value,
     plan_sweep,
 )
-from analysis.ablation_picture import Pair, correlate, plot_correlation, ranks, spearman
-from analysis.profiles import demo_profile
-from analysis.runner import run_stages
-from analysis.stages import METRICS
+from analysis.pictures.ablation import Pair, correlate, plot_correlation, ranks, spearman
+from analysis.reproduce.profiles import demo_profile
+from analysis.reproduce.runner import run_stages
+from analysis.reproduce.stages import METRICS
 
 SWEEP = ["--ablation", "droppos.mask_ratio=0.75,0.5,0.9"]
 
@@ -47,7 +48,7 @@ def test_dry_run_lists_each_value_once_and_the_recipe_shared(tmp_path, capsys):
     assert pretrain["droppos.mask_ratio=0.75"].endswith("train.epochs=6 droppos.mask_ratio=0.75 train.seed=0")
     assert "droppos.tau=0.05" in pretrain["droppos.tau=0.05"] and "droppos_vit_tiny_builtin.yaml" in text
     assert f"checkpoint={out}/droppos.mask_ratio=0.9/droppos/pretrain/backbone.pth" in text
-    assert "python -m analysis.ablation_tables" in text and not out.exists()
+    assert "python -m analysis.sweeps.ablation_tables" in text and not out.exists()
 
 
 def test_seeds_default_grid_and_grid_points(tmp_path, capsys):

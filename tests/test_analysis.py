@@ -10,11 +10,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from analysis import pictures, reproduce, tables
-from analysis.backbone import infer_arch, load_backbone
-from analysis.canvas import expected_size
-from analysis.position_predictions import droppos_from_checkpoint
-from analysis.position_probe import (
+from analysis.pictures import main as pictures
+from analysis.reproduce import main as reproduce
+from analysis.tables import comparison as tables
+from analysis.probes.backbone import infer_arch, load_backbone
+from analysis.pictures.canvas import expected_size
+from analysis.probes.position_predictions import droppos_from_checkpoint
+from analysis.probes.position_probe import (
     ProbeSettings,
     cell_distance,
     chance_within1,
@@ -22,8 +24,8 @@ from analysis.position_probe import (
     encode_with_dropped_positions,
     run_probe,
 )
-from analysis.runner import run_stage
-from analysis.stages import METRICS, Stage
+from analysis.reproduce.runner import run_stage
+from analysis.reproduce.stages import METRICS, Stage
 from pretrain.engine.config import load_config
 from pretrain.models import DropPos, build_method, create_vit
 from pretrain.weights import encoder_state_dict, to_reference_layout
@@ -131,7 +133,7 @@ def write_noise_folder(root: Path, per_split: dict[str, int], size: int = 54, se
 
 def test_probe_of_a_random_network_for_the_scratch_baseline(tmp_path, capsys):
     """``--checkpoint none --random-arch``: a seeded random ViT, the same probe, its own label and format."""
-    from analysis.position_probe import main as probe_main
+    from analysis.probes.position_probe import main as probe_main
 
     data = write_noise_folder(tmp_path / "noise", {"train": 20, "val": 8}, size=32)
     settings = ProbeSettings(epochs=2, num_workers=0)

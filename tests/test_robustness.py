@@ -147,8 +147,8 @@ def test_transfer_bad_image_is_one_line_and_debug_shows_traceback(bad_folder, tm
 
 
 def test_position_probe_and_pictures_bad_file(bad_folder, tmp_path, capsys):
-    from analysis.pictures import main as pictures_main
-    from analysis.position_probe import main as probe_main
+    from analysis.pictures.main import main as pictures_main
+    from analysis.probes.position_probe import main as probe_main
 
     root, bad_train, bad_val = bad_folder
     ckpt = tiny_backbone(tmp_path / "backbone.pth")
@@ -512,8 +512,8 @@ def test_crash_in_finetune_checkpoint_write_keeps_the_previous_one(small_builtin
 
 
 def test_partial_or_corrupt_metrics_are_not_a_finished_stage(tmp_path):
-    from analysis.runner import run_stage, unfinished_reason
-    from analysis.stages import Stage
+    from analysis.reproduce.runner import run_stage, unfinished_reason
+    from analysis.reproduce.stages import Stage
 
     path = tmp_path / "m" / "finetune" / "classification_metrics.json"
     write = f"import json, pathlib; pathlib.Path({str(path)!r}).write_text(json.dumps({{'task': 'finetune', " \
@@ -533,7 +533,7 @@ def test_partial_or_corrupt_metrics_are_not_a_finished_stage(tmp_path):
 
 def reproduce_stub(out: Path, name: str, metrics: dict, nap: float = 0.0):
     """A stage whose process writes a cut-short metrics file, naps, then writes the whole file."""
-    from analysis.stages import METRICS, Stage
+    from analysis.reproduce.stages import METRICS, Stage
 
     path = out / "droppos" / name / METRICS[name]
     code = (f"import json, pathlib, time; p = pathlib.Path({str(path)!r}); p.parent.mkdir(parents=True, exist_ok=True); "
@@ -552,7 +552,7 @@ def fake_stages(args, out: Path, methods) -> list:
 REPRODUCE = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-import analysis.reproduce as reproduce
+import analysis.reproduce.main as reproduce
 from test_robustness import fake_stages
 reproduce.build_stages = fake_stages
 reproduce.prepare_data = lambda root: None
@@ -563,7 +563,7 @@ sys.exit(reproduce.main(["--output", sys.argv[1], "--no-pictures", "--methods", 
 def test_reproduce_killed_during_a_stage_finishes_with_the_same_report(tmp_path, monkeypatch, capsys):
     """Kill ``analysis.reproduce`` (and its stage process) while a stage has written half its metrics
     file: the same command runs that stage again and writes the uninterrupted run's report."""
-    import analysis.reproduce as reproduce
+    import analysis.reproduce.main as reproduce
 
     monkeypatch.setattr(reproduce, "build_stages", fake_stages)
     monkeypatch.setattr(reproduce, "prepare_data", lambda root: None)

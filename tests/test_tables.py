@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from analysis import reproduce, tables
-from analysis.profiles import demo_profile
-from analysis.runs import collect_run, write_protocols
-from analysis.stages import build_stage_table
-from analysis.stats import (
+from analysis.reproduce import main as reproduce
+from analysis.tables import comparison as tables
+from analysis.reproduce.profiles import demo_profile
+from analysis.reproduce.protocols import write_protocols
+from analysis.tables.runs import collect_run
+from analysis.reproduce.stages import build_stage_table
+from analysis.tables.stats import (
     NO_SPREAD,
     ONE_SEED,
     Summary,

@@ -279,7 +279,7 @@ def test_bad_inputs_stop_with_the_file_and_the_reason(run_dir, tmp_path, capsys)
 
 # ------------------------------------------------------------ fine-tuned backbones for the analyses
 def test_analysis_reads_a_detector_and_a_segmentor_backbone(run_dir, tmp_path):
-    from analysis.backbone import load_backbone
+    from analysis.probes.backbone import load_backbone
 
     enc = tiny_encoder().state_dict()
     det = {f"backbone.net.{k}": v for k, v in enc.items() if k not in ("cls_token", "norm.weight", "norm.bias")}
@@ -299,7 +299,7 @@ def test_analysis_reads_a_detector_and_a_segmentor_backbone(run_dir, tmp_path):
 
 
 def test_pretrained_versus_finetuned_probe_rows(run_dir, small_builtin, tmp_path, capsys):
-    from analysis.finetuned_probe import main as finetuned_probe
+    from analysis.probes.finetuned_probe import main as finetuned_probe
 
     export_weights(run_dir / "checkpoint-3.pth", tmp_path / "det.pth", "detectron2")
     det = torch.load(tmp_path / "det.pth", weights_only=True)["model"]  # a "fine-tuned" detector: heads, no extras

@@ -59,7 +59,7 @@ def load_picture_image(
     else:
         if data is None:
             raise ValueError("give --image or --data")
-        from .position_probe import resolve_image_folder
+        from ..probes.position_probe import resolve_image_folder
 
         ds = ImageFolderDataset(resolve_image_folder(data), split="val", transform=tf)
         x, _ = ds[index % len(ds)]

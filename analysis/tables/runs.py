@@ -17,14 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pretrain.atomic import atomic_write_json
-
-from .metrics_schema import METRIC_FILES, TASK_STAGES, MetricsError, load_metrics_file
+from ..layout import METRIC_FILES, PROTOCOL_FILE, SCRATCH, STATUS_FILE, TASK_STAGES
+from .metrics_schema import MetricsError, load_metrics_file
 from .paper_numbers import METHOD_NAMES, METHOD_ORDER
-from .runner import STATUS_FILE
-from .stages import SCRATCH, Stage
 
-PROTOCOL_FILE = "protocol.json"
 SEED_FOLDER = re.compile(r"^(pretrain_)?seed(\d+)$")
 
 SIZE_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
@@ -179,26 +175,3 @@ def read_protocol(run_dir: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
         raise MetricsError(f"{path}: expected an object with a 'stages' object")
     return data
-
-
-def write_protocols(stages: list[Stage], out: Path, seeds: int, pretrain_seeds: int) -> None:
-    """Record each stage's protocol in its run folder's protocol.json (other stages' entries kept)."""
-    by_folder: dict[str, list[Stage]] = {}
-    for s in stages:
-        by_folder.setdefault(s.method, []).append(s)
-    for folder, items in by_folder.items():
-        run_dir = out / folder
-        try:
-            data = read_protocol(run_dir)
-        except MetricsError:
-            data = {}
-        init = items[0].init or folder.split("/")[0]
-        data.update(
-            init=init,
-            seed=next((s.seed for s in items if s.name != "pretrain"), items[0].seed),
-            pretrain_seed=items[0].pretrain_seed,
-            planned_runs=seeds * (1 if init == SCRATCH else pretrain_seeds),
-        )
-        data.setdefault("stages", {}).update({s.name: s.protocol for s in items if s.protocol})
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / PROTOCOL_FILE, data)

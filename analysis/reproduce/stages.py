@@ -28,32 +28,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("droppos", "mae", "adpe")
-SCRATCH = "scratch"
-INITS = (*METHODS, SCRATCH)
-STAGES = (
-    "pretrain",
-    "finetune",
-    "linear_probe",
-    "knn",
-    "attentive_probe",
-    "detection",
-    "segmentation",
-    "position_probe",
-    "finetuned_probe",
-)
-METRICS = {
-    "pretrain": "pretrain_metrics.json",
-    "finetune": "classification_metrics.json",
-    "linear_probe": "classification_metrics.json",
-    "knn": "knn_metrics.json",
-    "attentive_probe": "classification_metrics.json",
-    "detection": "detection_metrics.json",
-    "segmentation": "segmentation_metrics.json",
-    "position_probe": "position_probe_metrics.json",
-    "finetuned_probe": "finetuned_probe_metrics.json",
-}
+from ..layout import INITS, METHODS, METRICS, SCRATCH, STAGES  # noqa: F401  (re-exported: the stage table's names)
+
+ROOT = Path(__file__).resolve().parents[2]
 PROBE_SWEEP = "0,0.25,0.5,0.75,1.0"
 
 
@@ -259,7 +236,7 @@ def _transfer_command(
     if name == "finetuned_probe":  # position awareness, pretrained vs fine-tuned (the paper's §4.3)
         pairs = [f"{task}={where.parent / task / ckpt}" for task, ckpt in FINETUNED_BACKBONES.items()]
         extra = [*(a for pair in pairs for a in ("--finetuned", pair)), "--sweep", "0.75", *p.probe_flags]
-        head = [*p.python, "-m", "analysis.finetuned_probe", "--pretrained", ckpt, "--data", p.probe_data]
+        head = [*p.python, "-m", "analysis.probes.finetuned_probe", "--pretrained", ckpt, "--data", p.probe_data]
         return head + ["--output", str(where), *extra, "--seed", str(seed)], None, extra
     extra = [*p.probe_flags, "--seed", str(seed)]
     if backbone is None:  # random init: the probe builds the profile's ViT itself

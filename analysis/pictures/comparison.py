@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from ..layout import SCRATCH
 from .canvas import plt, save_figure
-from .paper_numbers import METHOD_NAMES
-from .seed_rows import MEASURES, SeedRow
-from .stages import SCRATCH
+from ..tables.paper_numbers import METHOD_NAMES
+from ..tables.seed_rows import MEASURES, SeedRow
 
 
 def plot_comparison(rows: dict[tuple[str, str], SeedRow], path: str | Path) -> Path:

@@ -12,30 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-# file name -> the tasks it may hold
-METRIC_FILES = {
-    "pretrain_metrics.json": ("pretrain",),
-    "classification_metrics.json": ("finetune", "linear_probe", "attentive_probe"),
-    "knn_metrics.json": ("knn",),
-    "attentive_probe_metrics.json": ("attentive_probe",),
-    "detection_metrics.json": ("coco_detection",),
-    "segmentation_metrics.json": ("ade20k_segmentation",),
-    "position_probe_metrics.json": ("position_probe",),
-    "finetuned_probe_metrics.json": ("finetuned_probe",),
-}
-# task -> the stage of the end-to-end run that writes it
-TASK_STAGES = {
-    "pretrain": "pretrain",
-    "finetune": "finetune",
-    "linear_probe": "linear_probe",
-    "knn": "knn",
-    "attentive_probe": "attentive_probe",
-    "coco_detection": "detection",
-    "ade20k_segmentation": "segmentation",
-    "position_probe": "position_probe",
-    "finetuned_probe": "finetuned_probe",
-}
-
+from ..layout import METRIC_FILES
 
 class MetricsError(ValueError):
     """A metrics file that cannot be used; the message names the file and the problem."""

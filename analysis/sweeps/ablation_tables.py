@@ -1,6 +1,6 @@
 """The tables of a DropPos ablation sweep: one per axis, one of every point, the rank correlations.
 
-    python -m analysis.ablation_tables outputs/ablation
+    python -m analysis.sweeps.ablation_tables outputs/ablation
 
 Reads ``<out>/ablation_plan.json`` (``analysis.ablation``) and each point's run folders
 (``<out>/<point>/droppos``, seed folders below it). Each point's seeds are pooled as in the
@@ -22,13 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .ablation import GRID_SOURCE, METHOD, RECIPE, read_plan
-from .ablation_picture import Pair, correlate, plot_correlation
-from .cli import run_command
-from .metrics_schema import MetricsError
-from .runs import collect_runs
-from .seed_rows import MEASURES, Measure, SeedRow, build_rows
-from .stats import TEST_NAME
-from .tables import _difference, row_cell, to_markdown, write_csv
+from ..pictures.ablation import Pair, correlate, plot_correlation
+from ..cli import run_command
+from ..tables.metrics_schema import MetricsError
+from ..tables.runs import collect_runs
+from ..tables.seed_rows import MEASURES, Measure, SeedRow, build_rows
+from ..tables.stats import TEST_NAME
+from ..tables.comparison import _difference, row_cell, to_markdown, write_csv
 
 
 def _pos_acc(m: dict) -> float | None:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from pretrain.atomic import atomic_write_json
 from pretrain.engine.config import ConfigError, load_config
 
-from .stages import ROOT, STAGES, Profile, Stage, build_stage_table, stage_availability
+from ..reproduce.stages import ROOT, STAGES, Profile, Stage, build_stage_table, stage_availability
 
 METHOD = "droppos"
 RECIPE = "recipe"

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import LoadedBackbone, load_backbone
+from ..probes.backbone import LoadedBackbone, load_backbone
 from .canvas import FIGSIZE, finish_figure, load_picture_image, plt
 
 

@@ -16,7 +16,7 @@ from .stages import METRICS, STAGES
 
 def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, Path]]:
     """Pictures for the report; each failure is reported and skipped. Returns (caption, path)."""
-    from . import pictures
+    from .. import pictures  # the package: its picture functions
 
     pics_dir = out / "report" / "pictures"
     made: list[tuple[str, Path]] = []
@@ -85,7 +85,7 @@ def write_report(
     ``folders``: the run folders below ``out`` (``droppos``, ``droppos/seed1``, ``scratch`` ...);
     ``detection_iters``: the demo's detection iterations when not the DEMO budget's.
     """
-    from .tables import COMPARISON_PICTURE, MetricsError, build_tables
+    from ..tables.comparison import COMPARISON_PICTURE, MetricsError, build_tables
 
     lines = [f"# DropPos / MAE / AdPE / scratch: {profile} report", ""]
     if profile == "demo":

@@ -30,7 +30,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cli import run_command
+from ..cli import run_command
+from ..layout import SCRATCH, STAGES
 from .metrics_schema import MetricsError
 from .paper_numbers import (
     GAINS_OVER_MAE,
@@ -43,7 +44,6 @@ from .paper_numbers import (
 )
 from .runs import SIZE_NAMES, RunResults, collect_runs, run_name
 from .seed_rows import MEASURES, PRETRAIN_LOSS, SeedRow, build_rows, per_seed_rows, probe_at
-from .stages import SCRATCH, STAGES
 from .stats import TEST_NAME, Summary, difference_cell, value_cell, welch
 
 COMPARISON_PICTURE = "pictures/comparison.png"
@@ -266,7 +266,7 @@ def probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
 
 def finetuned_probe_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     """The paper's §4.3: position-probe accuracy of each pretrained encoder beside its fine-tuned copies."""
-    from .finetuned_probe import rows_table
+    from .finetuned_table import rows_table
 
     header, rows = [], []
     for run in runs:
@@ -393,7 +393,7 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
     write_csv(*per_seed_rows(rows), out / "per_seed.csv")
     md = "\n\n".join(parts) + "\n\n" + LEGEND + "\n"
     try:
-        from .comparison_picture import plot_comparison
+        from ..pictures.comparison import plot_comparison
 
         plot_comparison(rows, out / COMPARISON_PICTURE)
     except Exception as exc:  # a picture must never sink the tables

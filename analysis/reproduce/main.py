@@ -50,11 +50,11 @@ import sys
 import time
 from pathlib import Path
 
-from .ablation import ABLATION_STAGES, GRID_CONFIRM_RUNS, AblationError, build_ablation_stages, plan_sweep, write_plan
+from ..sweeps.ablation import ABLATION_STAGES, GRID_CONFIRM_RUNS, AblationError, build_ablation_stages, plan_sweep, write_plan
 from .profiles import DEMO, PROFILES, profile_from_args
 from .report import make_pictures, write_report
 from .runner import run_stages
-from .runs import write_protocols
+from .protocols import write_protocols
 from .stages import INITS, METHODS, ROOT, STAGES, Stage, build_stage_table
 
 
@@ -186,7 +186,7 @@ def exit_code(records: dict[tuple[str, str], dict]) -> int:
 
 def run_ablation(args: argparse.Namespace) -> int:
     """The ``--ablation`` sweep: check every axis and value, print or run the stages, then the ablation report."""
-    from .ablation_tables import write_ablation_report
+    from ..sweeps.ablation_tables import write_ablation_report
 
     chosen = [s for s in (args.stages or ",".join(ABLATION_STAGES)).split(",") if s]
     why = bad_options(args, [], chosen)
@@ -205,7 +205,7 @@ def run_ablation(args: argparse.Namespace) -> int:
     print(f"[reproduce] ablation: {len(points)} pretraining configurations ({', '.join(p.name for p in points)})")
     if args.dry_run or (args.profile != "demo" and not args.launch):
         print_commands(args, out, [], stages)
-        print(f"python -m analysis.ablation_tables {out}")
+        print(f"python -m analysis.sweeps.ablation_tables {out}")
         return 0
     if args.profile == "demo":
         prepare_data(Path(args.data))

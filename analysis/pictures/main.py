@@ -20,8 +20,8 @@
 - curves: position-probe accuracy against the share of dropped positions.
 
 Every figure has a fixed pixel size (``FIGSIZE * DPI``), titles, legends and colour bars.
-One module per picture kind (``positions_picture``, ``attention_picture``,
-``smoothing_picture``, ``probe_curves``; what they share: ``canvas``); this one is the
+One module per picture kind (``positions``, ``attention``,
+``smoothing``, ``probe_curves``; what they share: ``canvas``); this one is the
 command line.
 """
 
@@ -31,12 +31,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .attention_picture import attention_picture
-from .cli import run_command
-from .position_probe import with_bad_image_hint
-from .positions_picture import positions_picture
+from .attention import attention_picture
+from ..cli import run_command
+from ..probes.position_probe import with_bad_image_hint
+from .positions import positions_picture
 from .probe_curves import plot_probe_curves
-from .smoothing_picture import plot_smoothing_targets
+from .smoothing import plot_smoothing_targets
 
 __all__ = ["attention_picture", "plot_probe_curves", "plot_smoothing_targets", "positions_picture"]
 
@@ -82,7 +82,7 @@ def readable_index(data: str, index: int) -> int:
     """The first val image of ``data`` from ``index`` on that decodes (each unreadable one is named)."""
     from pretrain.data.imagefolder import BadImageError, ImageFolderDataset
 
-    from .position_probe import resolve_image_folder
+    from ..probes.position_probe import resolve_image_folder
 
     ds = ImageFolderDataset(resolve_image_folder(data), split="val")
     for k in range(len(ds)):

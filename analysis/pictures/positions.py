@@ -19,9 +19,9 @@ from matplotlib.patches import Rectangle
 
 from pretrain.weights import CheckpointError
 
-from .backbone import load_backbone
+from ..probes.backbone import load_backbone
 from .canvas import FIGSIZE, cell_box, draw_grid, finish_figure, load_picture_image, plt
-from .position_predictions import droppos_from_checkpoint, predict_with_droppos_head, predict_with_probe
+from ..probes.position_predictions import droppos_from_checkpoint, predict_with_droppos_head, predict_with_probe
 
 COLOURS = {"exact": "#2ca02c", "near": "#ff7f0e", "far": "#d62728"}
 
@@ -147,7 +147,7 @@ def positions_picture(
     else:
         if data is None:
             raise ValueError("the probe needs --data to train on (the checkpoint has no position head)")
-        from .position_probe import ProbeSettings, make_loader, probe_drop_ratio, resolve_image_folder
+        from ..probes.position_probe import ProbeSettings, make_loader, probe_drop_ratio, resolve_image_folder
 
         settings = ProbeSettings(epochs=probe_epochs, seed=seed, num_workers=0, train_images=5000, val_images=500)
         root = resolve_image_folder(data)

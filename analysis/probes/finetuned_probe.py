@@ -1,6 +1,6 @@
 """Position awareness of pretrained versus fine-tuned backbones (the DropPos paper's §4.3).
 
-    python -m analysis.finetuned_probe --pretrained outputs/demo/droppos/pretrain/backbone.pth \
+    python -m analysis.probes.finetuned_probe --pretrained outputs/demo/droppos/pretrain/backbone.pth \
         --finetuned classification=outputs/demo/droppos/finetune/checkpoint-best.pth \
         --finetuned detection=outputs/demo/droppos/detection/model_final.pth \
         --finetuned segmentation=outputs/demo/droppos/segmentation/iter_400.pth \
@@ -24,9 +24,10 @@ from pathlib import Path
 from pretrain.atomic import atomic_write_json, atomic_write_text
 
 from .backbone import load_backbone
-from .cli import run_command
+from ..cli import run_command
 from .position_probe import ProbeSettings, add_settings_args, parse_ratios, run_probe, settings_from_args, with_bad_image_hint
-from .tables import to_markdown
+from ..tables.comparison import to_markdown
+from ..tables.finetuned_table import rows_table
 
 METRICS_FILE = "finetuned_probe_metrics.json"
 TABLE_FILE = "finetuned_probe.md"
@@ -51,22 +52,6 @@ def probe_backbones(
         rows.append({k: m[k] for k in ("label", "checkpoint", "method", "format", "arch", "grid", "replacement",
                                         "notes", "results")})
     return {"task": "finetuned_probe", "img_size": img_size, "drop_ratios": drop_ratios, "rows": rows}
-
-
-def rows_table(metrics: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: backbone, format, top-1 / within-1 (%) per drop ratio, top-1 change vs pretrained."""
-    ratios = metrics["drop_ratios"]
-    base = {r["drop_ratio"]: r for r in metrics["rows"][0]["results"]} if metrics["rows"] else {}
-    header = ["backbone", "format"] + [f"drop {x:g}: top-1 / within-1" for x in ratios]
-    header += [f"drop {x:g}: top-1 vs pretrained" for x in ratios] + ["notes"]
-    table = []
-    for row in metrics["rows"]:
-        by = {r["drop_ratio"]: r for r in row["results"]}
-        cells = [row["label"], row["format"]]
-        cells += [f"{100 * by[x]['top1']:.1f} / {100 * by[x]['within1']:.1f}" for x in ratios]
-        cells += [f"{100 * (by[x]['top1'] - base[x]['top1']):+.1f}" for x in ratios]
-        table.append(cells + ["; ".join(row["notes"]) or "—"])
-    return header, table
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pretrain.atomic import atomic_write_text
 
+from ..layout import STATUS_FILE
 from .stages import ROOT, Stage
 
-STATUS_FILE = "stage_status.json"
 _STATUS_LOCK = threading.Lock()
 _PRINT_LOCK = threading.Lock()
 

@@ -1,0 +1,1 @@
+"""DropPos ablation sweeps: axes over the pretraining config, their stage list, their tables."""
