@@ -36,10 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pretrain.atomic import atomic_write_json
 from pretrain.engine.config import ConfigError, load_config
+from pretrain.models.droppos_variants import DROP_POS_TYPES, MASK_TOKEN_TYPES
 
 from ..reproduce.stages import ROOT, STAGES, Profile, Stage, build_stage_table, stage_availability
 
@@ -71,8 +73,8 @@ DEFAULT_GRIDS: dict[str, tuple[str, ...]] = {
     "droppos.sigma_decay": ("true", "false"),
     "droppos.attentive": ("true", "false"),
     "droppos.tau": ("0.05", "0.1", "0.5"),
-    "droppos.mask_token_type": ("param", "zeros", "wrong_pos"),
-    "droppos.drop_pos_type": ("droppos", "multi_task"),
+    "droppos.mask_token_type": MASK_TOKEN_TYPES,
+    "droppos.drop_pos_type": DROP_POS_TYPES,
     "droppos.conf_ignore": ("false", "true"),
     "droppos.shuffle": ("false", "true"),
 }
@@ -119,12 +121,15 @@ class Point:
 
 # --------------------------------------------------------------------------- values
 def format_value(value: Any) -> str:
-    """A value as a folder name and an override: true/false, plain decimals (no exponent), text."""
+    """A value as a folder name and an override: true/false, exact plain decimals (no exponent), text.
+
+    Floats print their shortest exact digits (``1e-13`` -> ``0.0000000000001``, ``1.0`` -> ``1.0``),
+    so two different values never share a folder.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        text = f"{value:.12f}".rstrip("0")
-        return text + "0" if text.endswith(".") else text
+        return np.format_float_positional(value, trim="0")
     return str(value)
 
 
@@ -148,38 +153,15 @@ def parse_value(key: str, text: str, recipe: Any) -> Any:
         return value
     if isinstance(recipe, (list, tuple)) or OmegaConf.is_list(recipe):
         raise AblationError(f"{where}: {key} holds a list, which cannot be swept")
-    if recipe is None:  # a key whose default is null: read as the command line would
-        return OmegaConf.from_dotlist([f"v={text}"]).v
+    if recipe is None:  # a key whose default is null: read as the command line would, checked by load_config
+        try:
+            value = OmegaConf.from_dotlist([f"v={text}"]).v
+        except Exception:
+            raise AblationError(f"{where}: '{text}' is not a value (lists cannot be swept)") from None
+        if not isinstance(value, (bool, int, float, str)):
+            raise AblationError(f"{where}: '{text}' is not a single value")
+        return value
     return text
-
-
-def _grid_size(cfg: DictConfig) -> int:
-    side = int(cfg.model.img_size) // int(cfg.model.patch_size)
-    return side * side
-
-
-def check_range(key: str, value: Any, cfg: DictConfig) -> None:
-    """The ranges the DropPos keys need at this grid (``cfg``: the point's config); AblationError if outside."""
-    where = f"--ablation {key}={format_value(value)}"
-    patches = _grid_size(cfg)
-    if key == "droppos.mask_ratio":
-        if not 0.0 < value < 1.0 or int(patches * (1.0 - value)) < 1:
-            raise AblationError(
-                f"{where}: a patch mask ratio must lie in (0, 1) and leave a visible patch "
-                f"(the grid has {patches} patches: {max(0, int(patches * (1.0 - value)))} would stay visible)"
-            )
-    elif key == "droppos.pos_drop_ratio":
-        visible = int(patches * (1.0 - float(cfg.droppos.mask_ratio)))
-        kept = int(visible * (1.0 - value)) if value < 1.0 else 0
-        if not 0.0 < value < 1.0 or visible - kept < 1:
-            raise AblationError(
-                f"{where}: a position drop ratio must lie in (0, 1) and drop at least one of the {visible} "
-                f"visible patches' positions ({visible - kept if value > 0 else 0} would be dropped)"
-            )
-    elif key == "droppos.sigma" and value < 0:
-        raise AblationError(f"{where}: sigma must be >= 0 (0 = one-hot position targets)")
-    elif key == "droppos.tau" and value <= 0:
-        raise AblationError(f"{where}: tau must be > 0 (the attentive softmax divides by it)")
 
 
 # --------------------------------------------------------------------------- the recipe
@@ -259,13 +241,14 @@ def _same(value: Any, recipe: Any) -> bool:
 
 
 def check_points(points: list[Point], profile: Profile) -> None:
-    """Every point's config passes the ranges above and the pretraining config's own checks; else AblationError."""
+    """Every point's config passes the pretraining config's checks (the engine's and the method's
+    ``check_config``: the same rule as a direct pretraining run), and no two points share a folder."""
     recipe, overrides = recipe_overrides(profile)
-    base = load_config(recipe, overrides)
+    folders: dict[str, Point] = {}
     for point in points:
-        cfg = OmegaConf.merge(base, OmegaConf.from_dotlist(point.overrides))
-        for key, value in point.settings:
-            check_range(key, value, cfg)
+        if point.name in folders and folders[point.name] != point:
+            raise AblationError(f"--ablation: two points print as the same folder '{point.name}'")
+        folders[point.name] = point
         try:
             load_config(recipe, [*overrides, *point.overrides])
         except ConfigError as exc:

@@ -3,7 +3,8 @@
 ``load_config(recipe, overrides)`` merges default <- recipe(s) <- ``key=value``
 overrides (OmegaConf dot-list syntax). Unknown keys are rejected with the
 closest valid name; values must keep the default's type; method-specific
-ranges are checked before any work starts. ``save_config`` writes the resolved
+ranges are checked before any work starts: the engine's keys here, each method's own
+section by its ``check_config`` (through the registry). ``save_config`` writes the resolved
 config next to a run's outputs.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..atomic import atomic_write_text
+from ..models.registry import method_class, method_names
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -146,38 +148,13 @@ def load_config(
     return cfg
 
 
-def _ratio(cfg: DictConfig, key: str, low_open: bool = True) -> None:
-    v = OmegaConf.select(cfg, key)
-    if v is None:
-        return
-    if not (0.0 < float(v) < 1.0):
-        raise ConfigError(f"config key '{key}' must lie strictly between 0 and 1, got {v}")
-
-
 def validate(cfg: DictConfig) -> None:
-    """Range and consistency checks that must fail before any work starts."""
-    methods = ("droppos", "mae", "adpe")
-    if cfg.method not in methods:
-        raise ConfigError(f"config key 'method' must be one of {methods}, got {cfg.method!r}")
+    """The engine's range checks, then the method's own (``check_config`` via the registry), before any work."""
+    if cfg.method not in method_names():
+        raise ConfigError(f"config key 'method' must be one of {method_names()}, got {cfg.method!r}")
     img, patch = int(cfg.model.img_size), int(cfg.model.patch_size)
     if img <= 0 or patch <= 0 or img % patch != 0:
         raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
-    for key in ("droppos.mask_ratio", "droppos.pos_drop_ratio", "mae.mask_ratio"):
-        _ratio(cfg, key)
-    patches = (img // patch) ** 2
-    key = {"droppos": "droppos.mask_ratio", "mae": "mae.mask_ratio"}.get(cfg.method)
-    if key is not None:  # a ratio inside (0, 1) can still leave no patch visible on a small grid
-        ratio = float(OmegaConf.select(cfg, key))
-        if int(patches * (1.0 - ratio)) < 1:
-            raise ConfigError(
-                f"config key '{key}'={ratio} leaves no visible patch of the {patches} "
-                f"({img // patch} x {img // patch}) at model.img_size={img}, model.patch_size={patch}"
-            )
-    if "adpe" in cfg:
-        _ratio(cfg, "adpe.mask_ratio")
-        impl = OmegaConf.select(cfg, "adpe.rel_adversary_impl")
-        if impl is not None and impl not in ("suite", "released"):
-            raise ConfigError(f"adpe.rel_adversary_impl must be 'suite' or 'released', got {impl!r}")
     for key in ("train.epochs", "train.batch_size", "train.accum_iter"):
         if int(OmegaConf.select(cfg, key)) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
@@ -185,16 +162,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
     if cfg.optim.clip_mode not in ("global", "per_tensor"):
         raise ConfigError(f"optim.clip_mode must be 'global' or 'per_tensor', got {cfg.optim.clip_mode!r}")
-    if cfg.droppos.smoothing not in ("paper", "reference"):
-        raise ConfigError(f"droppos.smoothing must be 'paper' or 'reference', got {cfg.droppos.smoothing!r}")
-    for key, choices in (("mask_token_type", ("param", "zeros", "wrong_pos")), ("drop_pos_type", ("droppos", "multi_task"))):
-        if cfg.droppos[key] not in choices:
-            raise ConfigError(f"config key 'droppos.{key}' must be one of {choices}, got {cfg.droppos[key]!r}")
-    if not float(cfg.droppos.pos_weight) >= 0.0:  # also refuses nan
-        raise ConfigError(f"config key 'droppos.pos_weight' must be >= 0, got {cfg.droppos.pos_weight}")
-    for key in ("norm_pix_loss", "conf_ignore", "shuffle"):
-        if not isinstance(cfg.droppos[key], bool):
-            raise ConfigError(f"config key 'droppos.{key}' must be true or false, got {cfg.droppos[key]!r}")
+    for key in ("optim.lr", "optim.clip_grad"):  # null by default: their type is checked here
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ConfigError(f"config key '{key}' must be null or a positive number, got {value!r}")
+    try:
+        method_class(cfg.method).check_config(cfg)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def save_config(cfg: DictConfig, path: str | os.PathLike) -> None:

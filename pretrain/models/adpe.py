@@ -50,6 +50,7 @@ from .mae import PixelLoss, build_pixel_decoder
 from .masking import keep_from_noise, num_kept
 from .method import MethodOutput, PretrainMethod, encoder_from_config
 from .pos_embed import grid_coords, sincos_2d
+from . import option_checks as check
 from .registry import register_method
 from .relpos import ContextualRelPosBlock, rel_pos_modules
 from .vit import VisionTransformer, init_linear_and_norm
@@ -178,13 +179,23 @@ class AdPE(PixelLoss, PretrainMethod):
                     nn.init.zeros_(getattr(rpe, name))
 
     @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Choices; the mask ratio keeps and masks a patch of the crop's grid; crops, lr and radius in range."""
+        a = cfg.adpe
+        for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS),
+                             ("rel_adversary_impl", REL_ADVERSARY_IMPLS)):
+            check.one_of(f"adpe.{key}", a[key], allowed)
+        check.ratio_keeping("adpe.mask_ratio", a.mask_ratio, check.grid_patches(cfg), "patches of a crop")
+        check.at_least("adpe.num_crops", a.num_crops, 1)
+        check.at_least("adpe.adv_blr", a.adv_blr, 0.0)
+        check.optional_number("adpe.adv_lr", a.adv_lr)
+        check.at_least("adpe.eps", a.eps, 0.0, strict=True)
+        check.flag("adpe.norm_pix_loss", a.norm_pix_loss)
+
+    @classmethod
     def from_config(cls, cfg: Any) -> "AdPE":
         """AdPE / MAE+ from a run config; ``adpe.pos='rel'`` builds a relative-position ViT."""
         a = dict(cfg.adpe)
-        for key, allowed in (("pos", POS_MODES), ("adversary", ADVERSARIES), ("projection", PROJECTIONS),
-                             ("rel_adversary_impl", REL_ADVERSARY_IMPLS)):
-            if a[key] not in allowed:
-                raise ValueError(f"config key 'adpe.{key}' must be one of {allowed}, got {a[key]!r}")
         return cls(encoder_from_config(cfg.model, rel_pos=a["pos"] == "rel"), **a)
 
     def no_weight_decay(self) -> set[str]:

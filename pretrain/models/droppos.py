@@ -29,12 +29,17 @@ from timm.models.vision_transformer import Block
 from . import droppos_variants as variants
 from .mae import masked_pixel_loss
 from .masking import gather_tokens, keep_from_noise, num_kept
+from . import option_checks as check
 from .method import MethodOutput, PretrainMethod
 from .pos_embed import grid_coords
 from .registry import register_method
 from .vit import VisionTransformer
 
 SMOOTHING_MODES = ("paper", "reference")
+# softmax(cos / tau) over N, gathered at the visible patches: cosines differ by at most 2, and
+# fp32's exp underflows below e^-87, so a smaller tau can give every visible patch weight 0
+# (0 / 0 in the renormalisation: NaN at step 1, measured at tau 1e-4 on the demo recipe).
+MIN_TAU = 2.0 / 87.0
 
 
 @dataclass
@@ -128,6 +133,21 @@ class DropPos(PretrainMethod):
         shuffle: feed the visible tokens in a random order, restore the predictions.
     """
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """gamma and the position drop ratio keep and drop a patch on this grid; sigma >= 0, tau >= MIN_TAU, choices, flags."""
+        d = cfg.droppos
+        visible = check.ratio_keeping("droppos.mask_ratio", d.mask_ratio, check.grid_patches(cfg), "patches")
+        check.ratio_keeping("droppos.pos_drop_ratio", d.pos_drop_ratio, visible, "visible patches' positions")
+        check.at_least("droppos.sigma", d.sigma, 0.0, " (0 = one-hot position targets)")
+        check.at_least("droppos.tau", d.tau, MIN_TAU, " (smaller: the attentive weights underflow to 0 / 0)")
+        check.at_least("droppos.pos_weight", d.pos_weight, 0.0)
+        check.one_of("droppos.smoothing", d.smoothing, SMOOTHING_MODES)
+        check.one_of("droppos.mask_token_type", d.mask_token_type, variants.MASK_TOKEN_TYPES)
+        check.one_of("droppos.drop_pos_type", d.drop_pos_type, variants.DROP_POS_TYPES)
+        for key in ("sigma_decay", "sigma_per_epoch", "attentive", "norm_pix_loss", "conf_ignore", "shuffle"):
+            check.flag(f"droppos.{key}", d[key])
+
     def __init__(
         self,
         encoder: VisionTransformer,
@@ -150,12 +170,6 @@ class DropPos(PretrainMethod):
         shuffle: bool = False,
     ) -> None:
         super().__init__()
-        if smoothing not in SMOOTHING_MODES:
-            raise ValueError(f"unknown smoothing mode {smoothing!r}; choose one of {SMOOTHING_MODES}")
-        if mask_token_type not in variants.MASK_TOKEN_TYPES:
-            raise ValueError(f"unknown mask_token_type {mask_token_type!r}; choose one of {variants.MASK_TOKEN_TYPES}")
-        if drop_pos_type not in variants.DROP_POS_TYPES:
-            raise ValueError(f"unknown drop_pos_type {drop_pos_type!r}; choose one of {variants.DROP_POS_TYPES}")
         self.encoder = encoder
         self.mask_ratio = mask_ratio
         self.pos_drop_ratio = pos_drop_ratio

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from .masking import gather_tokens, keep_from_noise, num_kept
 from .method import MethodOutput, PretrainMethod
 from .pos_embed import build_sincos_pos_embed
+from . import option_checks as check
 from .registry import register_method
 from .vit import VisionTransformer
 
@@ -100,6 +101,12 @@ class MAE(PixelLoss, PretrainMethod):
         decoder_dim, decoder_depth, decoder_heads: the pixel decoder.
         norm_pix_loss: regress per-patch normalised pixels.
     """
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """The mask ratio keeps and masks a patch on this grid."""
+        check.ratio_keeping("mae.mask_ratio", cfg.mae.mask_ratio, check.grid_patches(cfg), "patches")
+        check.flag("mae.norm_pix_loss", cfg.mae.norm_pix_loss)
 
     def __init__(
         self,

@@ -66,6 +66,14 @@ class PretrainMethod(nn.Module):
     crop_scale: tuple[float, float] | None = None  # RandomResizedCrop scale of those views (None: data.scale)
 
     @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Refuse a run config this method cannot train (``option_checks.OptionError`` naming the key).
+
+        Called through the registry by pretraining and by the ablation sweeps before any work
+        starts; each method checks its own section (``cfg.<name>``) with ``option_checks``.
+        """
+
+    @classmethod
     def from_config(cls, cfg: Any) -> "PretrainMethod":
         """Build from a run config: the ViT from ``cfg.model``, options from ``cfg.<name>``."""
         return cls(encoder_from_config(cfg.model), **dict(cfg[cls.name]))

@@ -42,5 +42,7 @@ def method_class(name: str) -> type[PretrainMethod]:
 
 
 def build_method(cfg: Any) -> PretrainMethod:
-    """The method named by ``cfg.method``, built from the run config."""
-    return method_class(cfg.method).from_config(cfg)
+    """The method named by ``cfg.method``, built from the run config once its ``check_config`` passes."""
+    cls = method_class(cfg.method)
+    cls.check_config(cfg)
+    return cls.from_config(cfg)
