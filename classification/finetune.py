@@ -97,6 +97,31 @@ def build_loss(cfg: DictConfig, num_classes: int):
     return None, nn.CrossEntropyLoss()
 
 
+def build_model(cfg: DictConfig, num_classes: int, rel_pos: bool) -> nn.Module:
+    """The classifier of the fine-tuning recipe (``cfg.model``); the benchmark builds it here too."""
+    return build_classifier(
+        cfg.model.size,
+        num_classes=num_classes,
+        img_size=int(cfg.model.img_size),
+        patch_size=int(cfg.model.patch_size),
+        global_pool=cfg.model.global_pool,
+        drop_path=float(cfg.model.drop_path),
+        freeze_pos_embed=bool(cfg.model.freeze_pos_embed),
+        rel_pos=rel_pos,
+        head_init_std=float(cfg.model.head_init_std),
+    )
+
+
+def build_optimizer(
+    cfg: DictConfig, model: nn.Module, world: int, fused: bool | None = None
+) -> tuple[torch.optim.Optimizer, int, float]:
+    """(AdamW over layer-decay groups, total batch, absolute lr) for ``world`` processes (``fused`` None: ``optim.fused``)."""
+    total_batch, lr = total_batch_and_lr(cfg, world)
+    groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
+    fused = bool(cfg.optim.fused) if fused is None else fused
+    return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), total_batch, lr
+
+
 def make_step_fn(device: torch.device, mixup_fn, criterion, finish):
     """Batch -> MethodOutput(loss, {loss[, acc1]}); ``finish`` (normalise + erase a uint8
     batch, :func:`classification.data.batch_finish`) and mixup run on the device batch."""
@@ -147,23 +172,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     run_dir = TrainingRun(cfg, env, "finetune")
     run_dir.prepare_output()
     pretrained = read_checkpoint(cfg)
-    model = build_classifier(
-        cfg.model.size,
-        num_classes=num_classes,
-        img_size=int(cfg.model.img_size),
-        patch_size=int(cfg.model.patch_size),
-        global_pool=cfg.model.global_pool,
-        drop_path=float(cfg.model.drop_path),
-        freeze_pos_embed=bool(cfg.model.freeze_pos_embed),
-        rel_pos=use_rel_pos(cfg, pretrained),
-        head_init_std=float(cfg.model.head_init_std),
-    )
+    model = build_model(cfg, num_classes, use_rel_pos(cfg, pretrained))
     report = report_load(model, pretrained, run_dir.out_dir, "finetune")
     model.to(device)
 
-    total_batch, lr = total_batch_and_lr(cfg, world)
-    groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused))
+    optimizer, total_batch, lr = build_optimizer(cfg, model, world)
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     mixup_fn, criterion = build_loss(cfg, num_classes)

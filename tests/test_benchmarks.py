@@ -193,3 +193,20 @@ def test_benchmark_table_from_json(tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"method": "droppos"}')
     with pytest.raises(SystemExit, match="bad.json"):
         benchmark_table.main([str(tmp_path / "bad.json")])
+
+
+def test_benchmark_builds_finetuning_through_the_entry_points_builders():
+    """The fine-tuning benchmark's model and optimizer are classification.finetune's: rel_pos honoured, same lr and groups."""
+    from classification.finetune import build_model, build_optimizer, load_finetune_config
+
+    argv = ["--method", "finetune", "--size", "tiny", "--img-size", "32", "--patch-size", "8", "--batch", "4",
+            "--device", "cpu", "--rel-pos", "model.num_classes=10"]
+    args = benchmark.get_args_parser().parse_args(argv)
+    model, optimizer, _, _, info = benchmark.build_finetune(args, torch.device("cpu"))
+    assert any(".rpe_k." in n for n, _ in model.named_parameters())  # the relative-position blocks are there
+    cfg = load_finetune_config(None, ["model.size=tiny", "model.img_size=32", "model.patch_size=8", "train.batch_size=4",
+                                      "train.compile=false", "train.precision=auto", "model.num_classes=10"])
+    ref_opt, _, lr = build_optimizer(cfg, build_model(cfg, 10, rel_pos=True), world=1)
+    assert info["lr"] == lr
+    assert [(g["lr_scale"], g["weight_decay"], len(g["params"])) for g in optimizer.param_groups] == [
+        (g["lr_scale"], g["weight_decay"], len(g["params"])) for g in ref_opt.param_groups]

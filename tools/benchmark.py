@@ -39,10 +39,11 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from pretrain.models import method_names
 from tools.bench_cli import run_benchmark_cli
 from tools.gpu_peaks import gpu_peak_kind, gpu_peak_tflops  # noqa: F401 (re-exported)
 
-METHODS = ("droppos", "mae", "adpe", "finetune")
+METHODS = (*method_names(), "finetune")  # every registered pretraining method, and fine-tuning
 
 
 
@@ -66,13 +67,11 @@ def build_config(args: argparse.Namespace):
 
 
 def pretrain_optimizer(model: nn.Module, cfg, device: torch.device, fused: bool) -> tuple[torch.optim.Optimizer, float]:
-    """The optimizer exactly as ``pretrain.main.run`` builds it (single process)."""
-    from pretrain.engine.optim import build_adamw
-    from pretrain.engine.run import total_batch_and_lr
+    """The optimizer of ``pretrain.main.run`` (its ``build_optimizer``, single process)."""
+    from pretrain.main import build_optimizer
 
-    total_batch, lr = total_batch_and_lr(cfg, world=1)
-    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch, skip_list=bool(cfg.optim.wd_skip_list))
-    return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), lr
+    optimizer, _, lr = build_optimizer(cfg, model, world=1, fused=fused)
+    return optimizer, lr
 
 
 def pretrain_input_shape(cfg, method: nn.Module) -> tuple[int, ...]:
@@ -89,10 +88,7 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     ``make_step_fn``); random init (weights do not change the cost).
     """
     from classification.data import batch_finish, build_train_transform
-    from classification.finetune import build_loss, load_finetune_config, make_step_fn
-    from classification.layer_decay import layer_decay_param_groups
-    from classification.model import build_classifier
-    from pretrain.engine.optim import build_adamw
+    from classification.finetune import build_loss, build_model, build_optimizer, load_finetune_config, make_step_fn
 
     overrides = [f"model.{k}={v}" for k, v in (("size", args.size), ("img_size", args.img_size),
                                                 ("patch_size", args.patch_size)) if v]
@@ -101,14 +97,9 @@ def build_finetune(args: argparse.Namespace, device: torch.device):
     overrides += [f"train.compile={str(bool(args.compile)).lower()}", f"train.precision={args.precision}"]
     cfg = load_finetune_config(args.config or None, overrides + list(args.opts))
     num_classes = int(cfg.model.num_classes or 1000)
-    model = build_classifier(cfg.model.size, num_classes=num_classes, img_size=int(cfg.model.img_size),
-                             patch_size=int(cfg.model.patch_size), global_pool=cfg.model.global_pool,
-                             drop_path=float(cfg.model.drop_path), freeze_pos_embed=bool(cfg.model.freeze_pos_embed),
-                             head_init_std=float(cfg.model.head_init_std)).to(device)
+    model = build_model(cfg, num_classes, rel_pos=bool(args.rel_pos)).to(device)
     batch = int(cfg.train.batch_size)
-    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * batch * int(cfg.train.accum_iter) / 256
-    groups = layer_decay_param_groups(model, float(cfg.optim.weight_decay), float(cfg.optim.layer_decay))
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused_adamw(args, cfg, device))
+    optimizer, _, lr = build_optimizer(cfg, model, world=1, fused=fused_adamw(args, cfg, device))
     mixup_fn, criterion = build_loss(cfg, num_classes)
     img = int(cfg.model.img_size)
     info = dict(size=cfg.model.size, img_size=img, patch_size=int(cfg.model.patch_size), batch=batch, lr=lr,
@@ -454,6 +445,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, help="ViT size (default: the recipe's, or base)")
     p.add_argument("--img-size", type=int, default=None, help="input size (default: the recipe's)")
     p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--rel-pos", action="store_true", help="finetune: relative-position blocks (AdPE's rel encoders)")
     p.add_argument("--batch", type=int, default=None, help="per-step batch (default: the recipe's)")
     p.add_argument("--steps", type=int, default=20, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first (compile happens here)")
