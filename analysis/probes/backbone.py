@@ -205,32 +205,13 @@ def finetuned_backbone_rules(encoder: dict[str, torch.Tensor], fmt: str, args: d
     return LoadRules(strict=True, allowed_new=frozenset(absent), skip=skip, partial=absent, hint=hint)
 
 
-def load_backbone(
-    path: str | Path,
-    replacement: str = "auto",
-    num_heads: int | None = None,
-    device: torch.device | str = "cpu",
-    img_size: int | None = None,
-) -> LoadedBackbone:
-    """Build the frozen encoder of any supported checkpoint and its dropped-position token.
-
-    Args:
-        path: checkpoint file.
-        replacement: auto (DropPos -> mask_pos_token, else zero) or one of REPLACEMENTS.
-        num_heads: attention heads when the width is not a standard size's.
-        device: where the model goes.
-        img_size: input size if not the checkpoint's; the position table is resized
-            bicubically to the new grid (as fine-tuning does).
-    """
-    if replacement not in REPLACEMENTS:
-        raise ValueError(f"unknown replacement {replacement!r}; choose one of {REPLACEMENTS}")
-    path = Path(path)
+def read_encoder(path: Path, notes: list[str]) -> tuple[str, str, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(method, source format, timm-named encoder, every flat key) of a checkpoint file; what was adapted goes to ``notes``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pickled argparse Namespaces etc. are reported below
         ckpt = load_checkpoint_file(path)
     state = model_state(ckpt, path)
     method, fmt = _read_method(ckpt, state)
-    notes = []
     if ckpt.get("__ignored__") and fmt != "ours":
         notes.append(f"ignored pickled objects: {', '.join(ckpt['__ignored__'])}")
     encoder = encoder_state_dict(state, path)
@@ -239,6 +220,14 @@ def load_backbone(
         # timm average-pool models normalise after pooling; per token the same LayerNorm applies.
         encoder["norm.weight"], encoder["norm.bias"] = flat["fc_norm.weight"], flat["fc_norm.bias"]
         notes.append("final norm taken from fc_norm (average-pool model)")
+    return method, fmt, encoder, flat
+
+
+def frozen_vit(
+    path: Path, encoder: dict[str, torch.Tensor], fmt: str, notes: list[str],
+    num_heads: int | None = None, img_size: int | None = None,
+) -> VisionTransformer:
+    """The suite ViT the weights describe (at ``img_size`` if given), loaded strictly by the encoder rules, frozen, eval."""
     args = infer_arch(encoder, num_heads)
     if img_size is not None and img_size != args["img_size"]:
         if img_size % args["patch_size"]:
@@ -263,8 +252,17 @@ def load_backbone(
     # what a fine-tuned detector's / segmentor's backbone never had (named in the notes)
     rules = finetuned_backbone_rules(encoder, fmt, args, notes)
     load_encoder_into(model, encoder, rules, str(path))
-    model.requires_grad_(False).eval().to(device)
+    return model.requires_grad_(False).eval()
 
+
+def position_token(
+    path: Path, method: str, flat: dict[str, torch.Tensor], replacement: str, dim: int, notes: list[str]
+) -> tuple[torch.Tensor, str, dict[str, torch.Tensor]]:
+    """(the [1, 1, dim] token that replaces a dropped position, the replacement chosen, the non-encoder tokens found).
+
+    ``auto``: a DropPos checkpoint's ``mask_pos_token`` (read from the full checkpoint beside a
+    backbone file when the file lacks it), else zeros.
+    """
     tokens = _non_encoder_tokens(flat)
     if method == "droppos" and "mask_pos_token" not in tokens:
         full = _newest_full_checkpoint(path.parent)
@@ -280,18 +278,44 @@ def load_backbone(
         choice = "mask_pos_token" if method == "droppos" and "mask_pos_token" in tokens else "zero"
         if method == "droppos" and choice == "zero":
             notes.append("DropPos checkpoint without mask_pos_token: dropped positions are zeroed")
-    dim = model.embed_dim
     if choice == "zero":
-        token = torch.zeros(1, 1, dim)
-    else:
-        if choice not in tokens:
-            raise CheckpointError(
-                f"{path} holds no {choice} (found: {sorted(tokens) or 'none'}); use --replacement zero"
-            )
-        token = tokens[choice].float()
-        if token.numel() != dim:
-            raise CheckpointError(f"{path}: {choice} has shape {tuple(token.shape)}, not a [1, 1, {dim}] embedding")
-        token = token.reshape(1, 1, dim)
+        return torch.zeros(1, 1, dim), choice, tokens
+    if choice not in tokens:
+        raise CheckpointError(f"{path} holds no {choice} (found: {sorted(tokens) or 'none'}); use --replacement zero")
+    token = tokens[choice].float()
+    if token.numel() != dim:
+        raise CheckpointError(f"{path}: {choice} has shape {tuple(token.shape)}, not a [1, 1, {dim}] embedding")
+    return token.reshape(1, 1, dim), choice, tokens
+
+
+def load_backbone(
+    path: str | Path,
+    replacement: str = "auto",
+    num_heads: int | None = None,
+    device: torch.device | str = "cpu",
+    img_size: int | None = None,
+) -> LoadedBackbone:
+    """Build the frozen encoder of any supported checkpoint and its dropped-position token.
+
+    Three steps: the encoder read off the file (``read_encoder``), the ViT it describes
+    loaded strictly (``frozen_vit``), the token that replaces a dropped position
+    (``position_token``).
+
+    Args:
+        path: checkpoint file.
+        replacement: auto (DropPos -> mask_pos_token, else zero) or one of REPLACEMENTS.
+        num_heads: attention heads when the width is not a standard size's.
+        device: where the model goes.
+        img_size: input size if not the checkpoint's; the position table is resized
+            bicubically to the new grid (as fine-tuning does).
+    """
+    if replacement not in REPLACEMENTS:
+        raise ValueError(f"unknown replacement {replacement!r}; choose one of {REPLACEMENTS}")
+    path = Path(path)
+    notes: list[str] = []
+    method, fmt, encoder, flat = read_encoder(path, notes)
+    model = frozen_vit(path, encoder, fmt, notes, num_heads, img_size).to(device)
+    token, choice, tokens = position_token(path, method, flat, replacement, model.embed_dim, notes)
     return LoadedBackbone(
         model=model,
         method=method,
