@@ -19,10 +19,12 @@ STAGE_OUTPUTS: dict[str, tuple[str, str]] = {
     "linear_probe": ("linear_probe", "classification_metrics.json"),
     "knn": ("knn", "knn_metrics.json"),
     "attentive_probe": ("attentive_probe", "classification_metrics.json"),
+    "lowshot": ("lowshot", "lowshot_metrics.json"),
     "detection": ("coco_detection", "detection_metrics.json"),
     "segmentation": ("ade20k_segmentation", "segmentation_metrics.json"),
     "position_probe": ("position_probe", "position_probe_metrics.json"),
     "finetuned_probe": ("finetuned_probe", "finetuned_probe_metrics.json"),
+    "robustness": ("robustness", "robustness_metrics.json"),  # of the fine-tuned classifier
 }
 # files the tables also accept, though no stage of the run writes them: file -> tasks
 EXTRA_METRIC_FILES: dict[str, tuple[str, ...]] = {"attentive_probe_metrics.json": ("attentive_probe",)}

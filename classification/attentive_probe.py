@@ -22,7 +22,6 @@ feed it, as for the linear probe:
 """
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,7 +35,6 @@ from pretrain.engine.optim import build_adamw
 from pretrain.engine.run import total_batch_and_lr
 
 from .attentive_head import AttentivePoolingHead
-from .model import encoder_tokens
 from .probe_run import probe_inputs, start_probe, train_probe
 from .runs import arch_name, validate_common
 
@@ -86,7 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     encoder, device = setup.encoder, setup.env.device
     head = build_head(cfg, encoder.embed_dim, encoder.blocks[0].attn.num_heads, setup.num_classes).to(device)
     token_kind = "cls+patch" if cfg.probe.include_cls else "patch"
-    inputs = probe_inputs(cfg, setup, head, functools.partial(encoder_tokens, include_cls=bool(cfg.probe.include_cls)))
+    inputs = probe_inputs(cfg, setup, head, "all_tokens" if cfg.probe.include_cls else "patch_tokens")
 
     total_batch, lr = total_batch_and_lr(cfg, setup.env.world)
     optimizer = build_attentive_optimizer(head, cfg, lr)

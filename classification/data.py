@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from classification.opencv_geometry import one_opencv_thread
 from pretrain.data.imagefolder import ImageFolderDataset, drop_missing_collate
+from pretrain.data.loader_timeout import worker_timeout
 from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, build_eval_transform
 from pretrain.engine import distributed as du
 from pretrain.engine.sampler import ResumableSampler
@@ -177,6 +178,7 @@ def train_loader(
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),  # worker seeds never touch the global generator
         worker_init_fn=one_opencv_thread,
+        timeout=worker_timeout(workers),  # a hung worker fails with a message instead of blocking forever
     )
     return loader, sampler
 
@@ -192,6 +194,7 @@ def eval_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
         pin_memory=device.type == "cuda",
         generator=torch.Generator().manual_seed(0),
         worker_init_fn=one_opencv_thread,
+        timeout=worker_timeout(workers),
     )
 
 

@@ -7,26 +7,43 @@ prints and saves the load report, drops the classifier head and freezes the rest
 tensor per image: the pooled feature (:func:`~classification.model.encoder_features`)
 or the token sequence (:func:`~classification.model.encoder_tokens`). Caching is
 exact because the encoder is frozen and in eval mode (no dropout, no drop path).
+
+:func:`encode_dataset` is the public feature pass (the probes and any new frozen-feature
+protocol call it): one *view* of a split (``pooled``, ``patch_tokens`` or ``all_tokens``),
+read from or written to the exact cache of :mod:`classification.feature_cache` when a
+cache folder is given. With a cls-token encoder it stores the whole output sequence
+(under :data:`SEQUENCE_LIMIT_BYTES`), of which every view is a slice, so the linear
+probe, k-NN and the attentive probe of one backbone share one pass. :func:`config_features`
+is the same for a run config (``feature_cache``, ``checkpoint``, ``data.num_workers``).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import Dataset, TensorDataset
 
 from pretrain.engine import distributed as du
 from pretrain.engine.trainer import autocast_context
 from pretrain.models.vit import VisionTransformer
+from pretrain.engine.config import ConfigError
 from pretrain.weights import CheckpointError
 
 from .data import eval_loader
+from .feature_cache import (KEY_VERSION, FeatureCache, code_identity, compute_identity, data_identity, state_digest,
+                            transform_identity)
 from .load import LoadReport, PretrainedEncoder
-from .model import build_classifier, encoder_features
+from .model import build_classifier, encoder_features, encoder_tokens
 from .runs import arch_name, report_load, use_rel_pos
 
 Features = Callable[[nn.Module, torch.Tensor], torch.Tensor]
@@ -116,3 +133,203 @@ def extract_features(
     if du.get_world_size() > 1:
         f, y = _gather_shards(f, len(dataset)), _gather_shards(y, len(dataset))
     return TensorDataset(f.cpu(), y.cpu())
+
+
+# ----------------------------------------------------------------- the shared, cached feature pass
+VIEWS: dict[str, Features] = {
+    "pooled": encoder_features,  # [N, D]: cls token after the final norm, or the patch mean + fc_norm
+    "patch_tokens": functools.partial(encoder_tokens, include_cls=False),  # [N, L, D] after the final norm
+    "all_tokens": functools.partial(encoder_tokens, include_cls=True),  # [N, 1 + L, D]
+}
+# With a cls-token encoder the whole output sequence is stored when it stays under this size,
+# so that every view of the split comes from one pass (ViT-B on ImageNet-1K stores its view only).
+SEQUENCE_LIMIT_BYTES = 4 << 30
+
+
+@dataclass
+class EncodedSplit:
+    """What :func:`encode_dataset` gives: the features, and how they were obtained.
+
+    ``cache``: ``off`` (no cache folder), ``hit`` (read from ``file``), ``stored`` (computed,
+    written to ``file``) or ``not stored: <why>`` (computed, e.g. unreadable images were left out).
+    """
+
+    dataset: TensorDataset
+    cache: str
+    file: Path | None
+    seconds: float
+
+    @property
+    def features(self) -> torch.Tensor:
+        return self.dataset.tensors[0]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.dataset.tensors[1]
+
+
+def _token_pooled(encoder: nn.Module) -> bool:
+    """Whether the encoder's pooled feature is its output sequence's cls row (global_pool='token')."""
+    return (getattr(encoder, "global_pool", None) == "token" and isinstance(getattr(encoder, "fc_norm", None),
+                                                                           nn.Identity)
+            and int(getattr(encoder, "num_prefix_tokens", 0)) == 1 and getattr(encoder, "attn_pool", None) is None)
+
+
+def _slice_view(sequence: torch.Tensor, view: str) -> torch.Tensor:
+    """A view of the cls-token encoder's output sequence [N, 1 + L, D] (the same bits its own pass gives)."""
+    if view == "pooled":
+        return sequence[:, 0].contiguous()
+    return sequence[:, 1:].contiguous() if view == "patch_tokens" else sequence
+
+
+def _weights_identity(encoder: nn.Module, checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+    """The checkpoint file's sha256 (none: random initialisation) and the loaded weights' and modules' digests."""
+    blocks = getattr(encoder, "blocks", [])
+    arch = {"class": f"{type(encoder).__module__}.{type(encoder).__qualname__}",
+            "img_size": list(encoder.patch_embed.img_size), "patch_size": list(encoder.patch_embed.patch_size),
+            "num_heads": int(blocks[0].attn.num_heads) if len(blocks) else None,
+            "global_pool": getattr(encoder, "global_pool", None),
+            "modules": hashlib.sha256(repr(encoder).encode()).hexdigest()}
+    no_file = checkpoint in (None, "", "none")
+    return {"checkpoint_sha256": None if no_file else _file_sha256(str(checkpoint)), "state": state_digest(encoder),
+            "arch": arch}
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of a file, computed once per (path, size, modification time) in this process."""
+    st = os.stat(path)
+    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    from pretrain.weights.card import file_sha256
+
+    return file_sha256(path)
+
+
+def entry_key(encoder: nn.Module, dataset: Dataset, view: str, batch_size: int, precision: str,
+              device: torch.device, checkpoint: str | os.PathLike | None) -> dict[str, Any]:
+    """The cache key of one view of one split (see :mod:`classification.feature_cache`)."""
+    return {"version": KEY_VERSION, "view": view, "weights": _weights_identity(encoder, checkpoint),
+            "data": data_identity(dataset), "transform": transform_identity(dataset),
+            "compute": compute_identity(batch_size, precision, device, du.get_world_size()),
+            "code": code_identity(encoder, dataset)}
+
+
+def _lookup(cache: FeatureCache, keys: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, Any, str]:
+    """The first of ``keys`` with a usable entry: (key, tensors, ''), else (None, None, why of the last miss)."""
+    why = "not cached"
+    for key in keys:
+        found, why_not = cache.read(key)
+        if found is not None:
+            return key, found, ""
+        if why_not != "not cached":
+            why = why_not
+    return None, None, why
+
+
+def encode_dataset(
+    encoder: nn.Module,
+    dataset: Dataset,
+    *,
+    view: str = "pooled",
+    batch_size: int = 256,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    tag: str = "features",
+) -> EncodedSplit:
+    """The frozen ``encoder``'s features of every image of ``dataset`` (an image folder, eval transform).
+
+    Args:
+        encoder: a frozen ViT in eval mode (:func:`frozen_encoder`).
+        dataset: an :class:`~pretrain.data.imagefolder.ImageFolderDataset` (or a Subset of one)
+            with a deterministic transform (``classification.data.eval_dataset``).
+        view: ``pooled`` ([N, D], per the encoder's global_pool), ``patch_tokens`` ([N, L, D])
+            or ``all_tokens`` ([N, 1 + L, D]), the tokens after the final norm.
+        batch_size, workers, device, precision: of the pass (batch, precision, device and CPU
+            threads are part of the cache key: the numbers may depend on them).
+        cache_dir: folder of the exact feature cache; None computes without caching.
+        checkpoint: the file the encoder's weights were read from (its sha256 joins the key);
+            None for a random initialisation.
+        tag: prefix of the log lines.
+
+    Returns:
+        :class:`EncodedSplit`: TensorDataset(features float32 on the CPU, labels) in dataset
+        order (unreadable images dropped with ``data.skip_bad`` are left out; such a pass is
+        not stored), and whether it came from the cache. A cached result equals an uncached
+        one bit for bit.
+    """
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}, got {view!r}")
+    device = torch.device(device)
+    t0 = time.time()
+
+    def compute(what: str) -> TensorDataset:  # the sequence is all_tokens: the encoder's whole output
+        fn = VIEWS["all_tokens" if what == "sequence" else what]
+        return extract_features(encoder, dataset, batch_size, workers, device, precision, fn)
+
+    if cache_dir is None:
+        return EncodedSplit(compute(view), "off", None, time.time() - t0)
+    cache = FeatureCache(cache_dir)
+    own = entry_key(encoder, dataset, view, batch_size, precision, device, checkpoint)
+    sequence = _token_pooled(encoder)
+    keys = ([{**own, "view": "sequence"}] if sequence else []) + [own]
+    main = du.is_main_process()
+    with cache.lock(keys[0]) if main else contextlib.nullcontext():  # one lock for every view of the split
+        found_key, found, why = _lookup(cache, keys) if main else (None, None, "")
+        hit = du.all_gather_object(found_key)[0]  # rank 0 decides; the entry is complete once it is seen
+        if hit is not None:
+            if not main:
+                found, _ = cache.read(hit)
+            feats = _slice_view(found["features"], view) if hit["view"] == "sequence" else found["features"]
+            result = EncodedSplit(TensorDataset(feats, found["labels"]), "hit", cache.path(hit), time.time() - t0)
+        else:
+            n = len(dataset)
+            tokens = 1 + encoder.patch_embed.num_patches
+            store = keys[0] if sequence and n * tokens * encoder.embed_dim * 4 <= SEQUENCE_LIMIT_BYTES else keys[-1]
+            computed = compute(store["view"])
+            feats = _slice_view(computed.tensors[0], view) if store["view"] == "sequence" else computed.tensors[0]
+            data = TensorDataset(feats, computed.tensors[1])
+            if len(computed) != n:
+                status, file = f"not stored: {n - len(computed)} of {n} images unreadable and left out", None
+            else:
+                file = cache.write(store, *computed.tensors) if main else cache.path(store)
+                status = "stored"
+            result = EncodedSplit(data, status, file, time.time() - t0)
+            if why != "not cached" and main:
+                print(f"[{tag}] feature cache: {why}", flush=True)
+    du.barrier()
+    if main:
+        where = f" ({result.file})" if result.file is not None else ""
+        print(f"[{tag}] {view} features of {len(dataset)} images: cache {result.cache}{where} "
+              f"in {result.seconds:.1f}s", flush=True)
+    return result
+
+
+def config_features(cfg: DictConfig, encoder: nn.Module, dataset: Dataset, view: str, batch_size: int,
+                    device: torch.device, precision: str, tag: str) -> EncodedSplit:
+    """:func:`encode_dataset` with a run config's ``feature_cache`` (null: none), ``checkpoint`` and workers."""
+    ckpt = cfg.checkpoint if cfg.checkpoint not in (None, "", "none") else None
+    return encode_dataset(encoder, dataset, view=view, batch_size=batch_size, workers=int(cfg.data.num_workers),
+                          device=device, precision=precision, checkpoint=ckpt, tag=tag,
+                          cache_dir=OmegaConf.select(cfg, "feature_cache", default=None) or None)
+
+
+def require_images(encoded: EncodedSplit, dataset: Dataset, split: str, root: str) -> None:
+    """Refuse a split of which no image could be read: a score over nothing would read as 0 %."""
+    if len(encoded.dataset) == 0:
+        raise ConfigError(f"every one of the {len(dataset)} {split} images under {root} was unreadable and left out "
+                          "(data.skip_bad=true): nothing to evaluate")
+
+
+def require_classes(dataset: Dataset, split: str, root: str, tag: str) -> None:
+    """Refuse data with fewer than two class folders: every prediction would be right (a 100 % that means nothing)."""
+    classes = list(getattr(dataset, "classes", []))
+    if len(classes) < 2:
+        raise ConfigError(f"the {tag} needs at least 2 classes, but {root}/{split} has {len(classes)} class folder"
+                          f"{'s' if len(classes) != 1 else ''} ({', '.join(classes) or 'none'}): every prediction "
+                          "would be right")

@@ -13,7 +13,9 @@ which vote for their class with weight ``exp(similarity / knn.temperature)`` (DI
 k = 20, T = 0.07). Prediction = the class with the largest summed vote; ties go to the
 lower class index, and top-5 reads the five largest votes in that order. Nothing is
 trained, so the only randomness is a random initialisation's (``checkpoint=none``, the
-scratch baseline, drawn from ``train.seed``). Writes ``knn_metrics.json``.
+scratch baseline, drawn from ``train.seed``). Writes ``knn_metrics.json``. With
+``feature_cache=DIR`` the features come from (or go to) the exact cache the probes share
+(``classification.features.encode_dataset``).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from pretrain.engine.run import start_run
 from pretrain.engine.trainer import resolve_precision
 
 from .data import ensure_builtin, eval_dataset
-from .features import extract_features, frozen_encoder
+from .features import EncodedSplit, config_features, frozen_encoder, require_classes, require_images
 from .runs import arch_name, read_checkpoint
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -85,15 +87,17 @@ def knn_votes(
     """Summed class votes [Q, C] of each query's ``k`` nearest train features (cosine similarity).
 
     Both feature sets are L2-normalised; a neighbour with similarity s votes exp(s / temperature)
-    for its class. Queries are compared with the whole train set ``chunk`` at a time.
+    for its class, scaled per query by exp(-s_max / temperature) (s_max: its nearest neighbour's
+    similarity), which leaves the ranking as it is and keeps every weight in (0, 1]: unscaled,
+    exp(1 / 0.001) is inf in float32. Queries are compared with the whole train set ``chunk`` at a time.
     """
     if not 1 <= k <= len(train_features):
         raise ValueError(f"k={k} must lie between 1 and the {len(train_features)} train features")
     bank = F.normalize(train_features.float(), dim=1)
     votes = []
     for queries in F.normalize(query_features.float(), dim=1).split(chunk):
-        sim, idx = (queries @ bank.T).topk(k, dim=1)
-        weights = (sim / temperature).exp()
+        sim, idx = (queries @ bank.T).topk(k, dim=1)  # sorted: column 0 holds the row's largest similarity
+        weights = ((sim - sim[:, :1]) / temperature).exp()  # in (0, 1]: no overflow at any temperature
         votes.append(weights.new_zeros(len(queries), num_classes).scatter_add_(1, train_labels[idx], weights))
     return torch.cat(votes) if votes else bank.new_zeros(0, num_classes)
 
@@ -117,6 +121,16 @@ def dropped_images(dataset) -> tuple[dict[str, Any], list[str]]:
     return {"images": len(dataset), **record}, files
 
 
+def check_readable(cfg: DictConfig, k: int, train: EncodedSplit, train_images, val: EncodedSplit, val_images) -> None:
+    """After the pass: queries to classify, and at least ``k`` readable train images (unreadable ones left out)."""
+    require_images(val, val_images, cfg.data.val_split, cfg.data.path)
+    require_images(train, train_images, cfg.data.train_split, cfg.data.path)
+    if k > len(train.dataset):
+        raise ConfigError(f"knn.k={k} exceeds the {len(train.dataset)} readable train images under {cfg.data.path} "
+                          f"({len(train_images) - len(train.dataset)} of {len(train_images)} were unreadable and "
+                          "left out by data.skip_bad=true)")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """k-NN-classify the val split by the train split; returns the metrics (also in knn_metrics.json)."""
     env = start_run(cfg)
@@ -127,8 +141,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if list(train_images.classes) != list(val_images.classes):
         raise ConfigError(f"the class folders of {cfg.data.val_split!r} differ from those of "
                           f"{cfg.data.train_split!r} under {cfg.data.path}")
+    require_classes(train_images, cfg.data.train_split, cfg.data.path, "k-NN evaluation")
     k, temperature = int(cfg.knn.k), float(cfg.knn.temperature)
-    if k > len(train_images):
+    if k > len(train_images):  # surely too many; check_readable compares k with the readable images
         raise ConfigError(f"knn.k={k} exceeds the {len(train_images)} train images under {cfg.data.path}")
     num_classes = len(train_images.classes)
 
@@ -140,9 +155,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     encoder, report = frozen_encoder(cfg, pretrained, num_classes, out_dir, "knn", device)
 
     t0 = time.time()
-    fbs, workers = int(cfg.knn.feature_batch_size), int(cfg.data.num_workers)
-    train = extract_features(encoder, train_images, fbs, workers, device, precision)
-    val = extract_features(encoder, val_images, fbs, workers, device, precision)
+    fbs = int(cfg.knn.feature_batch_size)
+    train_pass = config_features(cfg, encoder, train_images, "pooled", fbs, device, precision, "knn")
+    val_pass = config_features(cfg, encoder, val_images, "pooled", fbs, device, precision, "knn")
+    train, val = train_pass.dataset, val_pass.dataset
+    check_readable(cfg, k, train_pass, train_images, val_pass, val_images)
     t1 = time.time()
     votes = knn_votes(train.tensors[0].to(device), train.tensors[1].to(device), val.tensors[0].to(device),
                       num_classes, k, temperature, int(cfg.knn.query_chunk))
@@ -164,6 +181,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # unreadable images (data.skip_bad) are left out of both the bank and the queries, never replaced
         "data": {"skip_bad": bool(cfg.data.skip_bad), **{k: v for k, (v, _) in dropped.items()}},
         "feature_dim": int(train.tensors[0].shape[1]),
+        "feature_cache": {"train": train_pass.cache, "val": val_pass.cache},
         "load_report": str(out_dir / "load_report.json") if report is not None else None,
         "feature_seconds": t1 - t0,
         "knn_seconds": time.time() - t1,

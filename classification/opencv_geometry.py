@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import random
 from typing import Any, Sequence
 
@@ -138,9 +139,41 @@ def one_opencv_thread(worker_id: int | None = None) -> None:
 
     OpenCV starts a thread per core for each warp; with one DataLoader worker per core
     that only oversubscribes the machine (and in a per-core benchmark it would borrow a
-    second core).
+    second core). A forked worker already has one thread (:func:`_stop_pool_before_fork`),
+    so this is then a no-op: it never touches the thread pool a fork left behind.
     """
-    cv2.setNumThreads(1)
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+_threads_before_fork: list[int] = []
+
+
+def _stop_pool_before_fork() -> None:
+    """``os.fork`` hook: stop OpenCV's thread pool so that the child inherits none.
+
+    A forked child gets OpenCV's pool bookkeeping but not its threads; resizing that pool
+    in the child (``cv2.setNumThreads``, as every DataLoader worker's ``worker_init_fn``
+    does) waits for the missing threads forever. This is what happened whenever the
+    parent had warped an image (a notebook preview, an evaluation in process) before its
+    DataLoader forked workers. With one thread the pool is shut down cleanly in the
+    parent, so the child starts with OpenCV on one thread and no pool.
+    """
+    _threads_before_fork.append(cv2.getNumThreads())
+    if _threads_before_fork[-1] != 1:
+        cv2.setNumThreads(1)
+
+
+def _restore_pool_after_fork() -> None:
+    """``os.fork`` hook (parent side): OpenCV's thread count back to what it was; the pool
+    restarts at the parent's next parallel OpenCV call."""
+    if _threads_before_fork:
+        before = _threads_before_fork.pop()
+        if before != 1:
+            cv2.setNumThreads(before)
+
+
+os.register_at_fork(before=_stop_pool_before_fork, after_in_parent=_restore_pool_after_fork)
 
 
 # timm's op names (``timm.data.auto_augment.NAME_TO_OP``) -> the functions that replace them

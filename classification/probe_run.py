@@ -9,7 +9,6 @@ What differs is the head, what it reads (pooled feature or tokens) and the optim
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pretrain.data.transforms import build_pretrain_transform
 from pretrain.engine import distributed as du
+from pretrain.engine.config import ConfigError
 from pretrain.engine.run import RunEnv, TrainingRun, start_run
 from pretrain.engine.sampler import ResumableSampler
 from pretrain.engine.trainer import resolve_precision
@@ -29,7 +29,7 @@ from pretrain.models.vit import VisionTransformer
 
 from .data import ensure_builtin, eval_dataset, eval_loader, image_dataset, num_classes_of, train_loader
 from .evaluate import evaluate
-from .features import Features, extract_features, frozen_encoder
+from .features import VIEWS, Features, config_features, frozen_encoder, require_classes, require_images
 from .load import LoadReport, PretrainedEncoder
 from .loop import EvaluationHook
 from .model import FrozenProbe, encoder_features
@@ -68,6 +68,7 @@ def start_probe(cfg: DictConfig, tag: str) -> ProbeSetup:
     env = start_run(cfg)
     precision = resolve_precision(cfg.train.precision, env.device)
     train_images, val_images = probe_datasets(cfg)
+    require_classes(train_images, cfg.data.train_split, cfg.data.path, tag.replace("_", " "))
     num_classes = num_classes_of(train_images, cfg.model.num_classes)
     run_dir = TrainingRun(cfg, env, tag)
     run_dir.prepare_output()
@@ -97,6 +98,15 @@ def probe_step_fn(device: torch.device, encoder: nn.Module | None, features: Fea
     return step
 
 
+def require_batch(cfg: DictConfig, images: int, what: str) -> None:
+    """Refuse a training split smaller than one batch per process: an epoch would have no step (drop_last)."""
+    world, batch, accum = du.get_world_size(), int(cfg.train.batch_size), int(cfg.train.accum_iter)
+    if images < batch * world * accum:
+        raise ConfigError(f"train.batch_size={batch} x train.accum_iter={accum} x {world} process(es) exceeds the "
+                          f"{images} {what} under {cfg.data.path}/{cfg.data.train_split}: an epoch would have no step "
+                          "(lower train.batch_size)")
+
+
 @dataclass
 class ProbeInputs:
     """What a probe's Trainer and evaluation read: loaders, the evaluated model and the training step."""
@@ -107,29 +117,36 @@ class ProbeInputs:
     eval_model: nn.Module
     step_fn: Callable
     feature_seconds: float
+    feature_cache: dict[str, str] | None = None  # per split: off / hit / stored / not stored (why)
 
 
-def probe_inputs(cfg: DictConfig, setup: ProbeSetup, head: nn.Module, features: Features = encoder_features) -> ProbeInputs:
-    """Cached (``probe.cache_features``): encode both splits once and feed the head ``features``;
-    else images go through the frozen encoder at every step (and evaluation)."""
+def probe_inputs(cfg: DictConfig, setup: ProbeSetup, head: nn.Module, view: str = "pooled") -> ProbeInputs:
+    """Cached (``probe.cache_features``): encode both splits once (the shared feature pass, through the
+    ``feature_cache`` folder when set) and feed the head that ``view``; else images go through the frozen
+    encoder at every step (and evaluation)."""
     workers, device, encoder = int(cfg.data.num_workers), setup.env.device, setup.encoder
+    features = VIEWS[view]
     if not cfg.probe.cache_features:
+        require_batch(cfg, len(setup.train_images), "train images")
         loader, sampler = train_loader(setup.train_images, int(cfg.train.batch_size), int(cfg.train.seed), workers,
                                        device)
         val_loader = eval_loader(setup.val_images, int(cfg.train.eval_batch_size), workers, device)
         return ProbeInputs(loader, sampler, val_loader, FrozenProbe(encoder, head, features),
                            probe_step_fn(device, encoder, features), 0.0)
-    t0 = time.time()
-    fbs = int(cfg.probe.feature_batch_size)
-    train_set = extract_features(encoder, setup.train_images, fbs, workers, device, setup.precision, features)
-    val_set = extract_features(encoder, setup.val_images, fbs, workers, device, setup.precision, features)
-    seconds = time.time() - t0
+    fbs, tag = int(cfg.probe.feature_batch_size), setup.run_dir.tag
+    train = config_features(cfg, encoder, setup.train_images, view, fbs, device, setup.precision, tag)
+    val = config_features(cfg, encoder, setup.val_images, view, fbs, device, setup.precision, tag)
+    require_images(train, setup.train_images, cfg.data.train_split, cfg.data.path)
+    require_images(val, setup.val_images, cfg.data.val_split, cfg.data.path)
+    train_set, val_set = train.dataset, val.dataset
+    require_batch(cfg, len(train_set), "readable train images")
+    seconds = train.seconds + val.seconds
     if du.is_main_process():
-        print(f"[{setup.run_dir.tag}] cached features: train {tuple(train_set.tensors[0].shape)}, "
+        print(f"[{tag}] cached features: train {tuple(train_set.tensors[0].shape)}, "
               f"val {tuple(val_set.tensors[0].shape)} in {seconds:.1f}s", flush=True)
     loader, sampler = train_loader(train_set, int(cfg.train.batch_size), int(cfg.train.seed), 0, device, keyed_only=True)
     return ProbeInputs(loader, sampler, eval_loader(val_set, int(cfg.train.eval_batch_size), 0, device), head,
-                       probe_step_fn(device, None), seconds)
+                       probe_step_fn(device, None), seconds, {"train": train.cache, "val": val.cache})
 
 
 def train_probe(
@@ -154,5 +171,5 @@ def train_probe(
         optimizer=optimizer, loader=inputs.loader, sampler=inputs.sampler,
         step_fn=inputs.step_fn, lr=lr, precision=precision, evaluation=evaluation, pretrained=setup.pretrained,
         report=setup.report, num_classes=setup.num_classes, total_batch=total_batch,
-        metrics={**metrics, "feature_seconds": inputs.feature_seconds},
+        metrics={**metrics, "feature_seconds": inputs.feature_seconds, "feature_cache": inputs.feature_cache},
     )

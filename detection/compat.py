@@ -111,11 +111,14 @@ def apply_detectron2_shims() -> list[str]:
 
 def name_unreadable_images() -> bool:
     """Wrap ``detectron2.data.detection_utils.read_image`` (once) so a file that cannot be read
-    raises ``pretrain.data.imagefolder.BadImageError`` with its path. EXIF orientation is
-    still applied by Detectron2, as the suite's own loaders do."""
+    raises ``pretrain.data.imagefolder.BadImageError`` with its path, and one whose shape no
+    training resize survives (``pretrain.data.image_shape``) ``UnusableImageError``; 16-bit
+    greyscale is scaled to 8 bits as the suite's loaders do (PIL would clip it to white). EXIF
+    orientation is still applied by Detectron2, as the suite's own loaders do."""
     from detectron2.data import detection_utils
 
-    from pretrain.data.imagefolder import BadImageError
+    from pretrain.data.image_shape import check_image_shape
+    from pretrain.data.imagefolder import BadImageError, to_8bit
 
     original = detection_utils.read_image
     if getattr(original, "names_bad_files", False):
@@ -123,10 +126,18 @@ def name_unreadable_images() -> bool:
 
     def read_image(file_name, format=None):
         try:
-            return original(file_name, format)
+            image = original(file_name, format)
         except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for truncated / non-image files
             raise BadImageError(file_name, exc) from exc
+        check_image_shape(file_name, image.shape[1], image.shape[0])  # the validator's rule: no 4000 x 1 images
+        return image
+
+    convert = detection_utils.convert_PIL_to_numpy
+
+    def convert_PIL_to_numpy(image, format):  # noqa: N802 - Detectron2's name
+        return convert(to_8bit(image), format)  # 16-bit greyscale scaled, not clipped to white
 
     read_image.names_bad_files = True
     detection_utils.read_image = read_image
+    detection_utils.convert_PIL_to_numpy = convert_PIL_to_numpy
     return True

@@ -10,12 +10,11 @@ the root, and the call returns the dataset name that Detectron2's loaders and
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
-from pretrain.data.validate import validate_coco_json
+from pretrain.data.validate import read_json_file, validate_coco_json
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
@@ -84,8 +83,8 @@ def dataset_categories(name: str) -> int | None:
         return len(classes)
     json_file = getattr(meta, "json_file", None)
     if json_file and os.path.isfile(json_file):
-        with open(json_file) as f:
-            return len(json.load(f).get("categories", []))
+        data = read_json_file(Path(json_file))  # a compressed or non-UTF-8 file: one clear DatasetError
+        return len(data.get("categories", [])) if isinstance(data, dict) else None
     return None
 
 

@@ -4,10 +4,14 @@ Single process:   python -m pretrain.main --config pretrain/configs/droppos_vit_
 Multi GPU/node:   torchrun --nproc_per_node 8 [--nnodes N --node_rank R --master_addr A] \
                       -m pretrain.main --config pretrain/configs/droppos_vit_base_200ep.yaml
 Overrides:        ... train.batch_size=128 optim.blr=1e-4
+Kept checkpoints: ... --keep-checkpoints-every 10   (= train.keep_checkpoints_every=10: kept/checkpoint-epoch<E>.pth)
 
 A run directory holds config.yaml (resolved), log.jsonl, tb/, numbered
 checkpoints (the run resumes from the newest good one), backbone.pth (the
-encoder for transfer, timm keys) and pretrain_metrics.json.
+encoder for transfer, timm keys) and pretrain_metrics.json. With
+``train.monitor.every_epochs`` the online monitors (``engine.monitors``: k-NN,
+position probe, RankMe) are measured during training; with kept checkpoints,
+checkpoint_monitors.csv lists their values per kept checkpoint.
 """
 from __future__ import annotations
 
@@ -24,7 +28,10 @@ from .engine import distributed as du
 from .engine.cli import run_cli
 from .engine.config import ConfigError, load_config
 from .engine.hooks import MethodHook
+from .engine.keep_checkpoints import (build_keep_hook, checkpoint_rows, flag_as_override, markdown_table,
+                                     write_checkpoint_table)
 from .engine.mask_noise import MaskNoiseDataset
+from .engine.monitors import build_monitor_hook
 from .engine.optim import build_adamw
 from .engine.run import TrainingRun, loop_config, start_run, total_batch_and_lr
 from .engine.sampler import ResumableSampler, SeededDataset
@@ -56,6 +63,19 @@ def build_dataset(cfg: DictConfig, method: PretrainMethod):
     if cfg.data.limit and cfg.data.limit < len(ds):
         ds = torch.utils.data.Subset(ds, range(int(cfg.data.limit)))
     return ds
+
+
+def build_optimizer(
+    cfg: DictConfig, method: PretrainMethod, world: int, fused: bool | None = None
+) -> tuple[torch.optim.Optimizer, int, float]:
+    """(AdamW over the method's parameter groups, total batch, absolute lr) for ``world`` processes.
+
+    ``fused`` None follows ``optim.fused``; the benchmark builds its optimizer here too.
+    """
+    total_batch, lr = total_batch_and_lr(cfg, world)
+    groups = method.param_groups(float(cfg.optim.weight_decay), lr, total_batch, skip_list=bool(cfg.optim.wd_skip_list))
+    fused = bool(cfg.optim.fused) if fused is None else fused
+    return build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=fused), total_batch, lr
 
 
 def make_step_fn(device: torch.device, method: PretrainMethod, generator: torch.Generator | None = None):
@@ -95,6 +115,7 @@ def run(cfg: DictConfig) -> dict:
             f"{len(dataset)} images give {len(sampler) // int(cfg.train.batch_size)} batches of train.batch_size="
             f"{cfg.train.batch_size} per process (world size {world}), fewer than train.accum_iter={cfg.train.accum_iter}"
         )
+    monitor = build_monitor_hook(cfg, model, device)  # its images opened and checked before any output
     # masks from (seed, epoch, index), one row per crop: independent of world size, workers and restarts
     keyed = MaskNoiseDataset(SeededDataset(dataset, seed=seed), seed, model.mask_noise_lengths(), copies=model.num_crops)
     workers = int(cfg.data.num_workers)
@@ -113,9 +134,7 @@ def run(cfg: DictConfig) -> dict:
     run_dir = TrainingRun(cfg, env, "pretrain")
     logger = run_dir.prepare_output()
 
-    total_batch, lr = total_batch_and_lr(cfg, world)
-    groups = model.param_groups(float(cfg.optim.weight_decay), lr, total_batch, skip_list=bool(cfg.optim.wd_skip_list))
-    optimizer = build_adamw(groups, lr=lr, betas=tuple(cfg.optim.betas), fused=bool(cfg.optim.fused))
+    optimizer, total_batch, lr = build_optimizer(cfg, model, world)
     precision = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     run_dir.print(f"method={cfg.method} vit-{cfg.model.size}/{cfg.model.patch_size} img={cfg.model.img_size} "
@@ -137,7 +156,7 @@ def run(cfg: DictConfig) -> dict:
         logger,
         extra_state=run_dir.extra_state(method=cfg.method),
         scaler=scaler,
-        hooks=[MethodHook(model)],
+        hooks=[h for h in (MethodHook(model), monitor, build_keep_hook(cfg, run_dir.out_dir)) if h is not None],
         rank_extra=tally.state,
     )
     resumed_from = run_dir.resume(trainer, on_load=lambda ckpt: tally.restore(trainer.loaded_rank_extra, rank == 0))
@@ -175,6 +194,12 @@ def run(cfg: DictConfig) -> dict:
             "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), **skipped},
         }
         run_dir.write_metrics("pretrain_metrics.json", metrics)
+        if monitor is not None or build_keep_hook(cfg, out_dir) is not None:
+            latest = run_dir.manager.list()
+            final = (state.epoch, latest[0]) if latest and state.iter_in_epoch == 0 else None
+            write_checkpoint_table(out_dir, state.history, final)
+            print(f"[pretrain] checkpoints and their signals (checkpoint_monitors.csv):\n"
+                  f"{markdown_table(checkpoint_rows(out_dir, state.history, final))}", flush=True)
         write_backbone(out_dir / "backbone.pth", backbone, cfg, arch, run_dir.manager.list())
         if cfg.data.skip_bad or skipped["bad_image_skips"]:
             print(f"[pretrain] {skip_message(skipped, bad_files)}", flush=True)
@@ -198,6 +223,11 @@ def write_backbone(path: Path, backbone: dict, cfg: DictConfig, arch: dict, chec
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: exit 0 on success, 2 on a configuration error, 1 on a reported failure."""
+    try:
+        argv = flag_as_override(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:  # the flag without its number
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
     return run_cli(argv, "DropPos / MAE / AdPE pretraining", load_config, run)
 
 

@@ -4,8 +4,8 @@ MMSeg's own backbone loading is non-strict and silent, and MMEngine's loader
 cannot open checkpoints that pickle an ``argparse.Namespace`` under torch>=2.6.
 Here the file is read as plain tensors (``pretrain.weights.load_encoder``),
 reduced to timm-named encoder keys and loaded by ``pretrain.weights.loading``:
-the position table is resized to the backbone's grid, keys the backbone lacks
-(the final norm in the MAE recipe) are skipped, everything the checkpoint does
+the position table is resized to the backbone's grid, the final norm is skipped
+with its reason when the backbone has none (the MAE recipe; not "unexpected"), everything the checkpoint does
 not fill (layer scale, relative position tables; the neck and decode heads live
 outside the backbone) stays new, and a report says so. Loading no transformer
 block weight is an error, not a warning, and so is leaving any other encoder
@@ -40,5 +40,9 @@ def load_encoder_weights(
     an encoder weight not matched by a ``partial`` pattern (timm names, e.g.
     ``("cls_token",)``) would stay new, and when a copied tensor does not read back equal.
     """
-    rules = LoadRules(grid=tuple(grid), hint="is it a ViT encoder with timm names?", partial=tuple(partial))
+    own = model.state_dict()
+    skip = {}
+    if "norm.weight" not in own:  # final_norm=False (the MAE recipe): the encoder's final norm has no place
+        skip["norm.*"] = "the backbone has no final norm (final_norm=False, the MAE recipe)"
+    rules = LoadRules(skip=skip, grid=tuple(grid), hint="is it a ViT encoder with timm names?", partial=tuple(partial))
     return load_encoder_into(model, encoder_state, rules, source)

@@ -109,10 +109,35 @@ def use_safe_checkpoint_loader() -> None:
     CheckpointLoader.register_scheme(prefixes="", loader=load_mmengine_checkpoint, force=True)
 
 
+def refuse_unusable_images() -> bool:
+    """Make MMCV's ``LoadImageFromFile`` (once) check every image it loads by the validator's shape
+    rule (``pretrain.data.image_shape``): a 4000 x 1 image fails naming its file, not deep inside a
+    resize. Returns whether it was installed now."""
+    from mmcv.transforms import LoadImageFromFile
+
+    from pretrain.data.image_shape import check_image_shape
+
+    original = LoadImageFromFile.transform
+    if getattr(original, "checks_image_shape", False):
+        return False
+
+    def transform(self, results: dict):
+        results = original(self, results)
+        if results is not None:
+            height, width = results["img_shape"][:2]
+            check_image_shape(results["img_path"], int(width), int(height))
+        return results
+
+    transform.checks_image_shape = True
+    LoadImageFromFile.transform = transform
+    return True
+
+
 def build_runner(cfg: Config, train: bool, force_fp32: bool = False) -> Runner:
     """Runner from a resolved config; logs the AMP fallback in the run's log."""
     reason = use_fp32_if_no_cuda(cfg, force_fp32) if train else None
     use_safe_checkpoint_loader()
+    refuse_unusable_images()
     runner = Runner.from_cfg(cfg)
     if reason:
         print_log(f"AMP off ({reason}): training with OptimWrapper in fp32", "current")

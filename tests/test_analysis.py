@@ -489,13 +489,14 @@ def test_reproduce_paper_profile_prints_launcher_commands(tmp_path, capsys):
 
 
 def test_reproduce_demo_dry_run_lists_every_stage(tmp_path, capsys):
-    """The demo's table (the same builder as the paper profiles): 9 stages x 3 methods + 7 of scratch, stage by stage."""
+    """The demo's table (the same builder as the paper profiles): 11 stages x 3 methods + 9 of scratch, stage by stage."""
     out = tmp_path / "demo"
     assert reproduce.main(["--dry-run", "--output", str(out), "--detection-iters", "30", "--workers", "0"]) == 0
     text = capsys.readouterr().out
     heads = [line.split(" -> ")[0] for line in text.splitlines() if " -> " in line]
     assert heads[:4] == ["# droppos / pretrain", "# mae / pretrain", "# adpe / pretrain", "# droppos / finetune"]
-    assert len(heads) == 34 and heads[-1] == "# adpe / finetuned_probe"
+    assert len(heads) == 42 and heads[-1] == "# scratch / robustness"  # robustness of scratch's fine-tuning too
+    assert "# adpe / finetuned_probe" in heads and "# scratch / lowshot" in heads
     assert "# droppos / finetuned_probe" in heads and "# scratch / finetuned_probe" not in heads
     assert "pretrain/configs/adpe_vit_tiny_builtin.yaml" in text and "train.epochs=3" in text
     assert "data.builtin=true data.num_workers=0 train.progress=false train.tensorboard=false" in text

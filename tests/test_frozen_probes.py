@@ -49,18 +49,19 @@ def test_knn_votes_follow_the_dino_rule_by_hand():
     """Query (1, 0); class 0 has one neighbour of cosine 1, class 1 two of cosine 0.8, class 2 is farther.
 
     Lengths differ on purpose (the features are L2-normalised first). With k = 3 the class-2
-    points are out; at T = 0.07 exp(1/T) beats 2 exp(0.8/T), at T = 1 it does not.
+    points are out; at T = 0.07 exp(1/T) beats 2 exp(0.8/T), at T = 1 it does not. Votes are scaled
+    by exp(-1/T) (the nearest neighbour's similarity is 1), so the nearest one votes exactly 1.
     """
     bank = torch.tensor([[5.0, 0.0], [2.4, 1.8], [0.4, -0.3], [0.0, 7.0], [-1.0, 0.0]])
     labels = torch.tensor([0, 1, 1, 2, 2])
     query = torch.tensor([[3.0, 0.0]])
     for temperature, winner in ((0.07, 0), (1.0, 1)):
         votes = knn_votes(bank, labels, query, num_classes=3, k=3, temperature=temperature)
-        want = torch.tensor([[math.exp(1 / temperature), 2 * math.exp(0.8 / temperature), 0.0]])
+        want = torch.tensor([[1.0, 2 * math.exp(-0.2 / temperature), 0.0]])
         torch.testing.assert_close(votes, want, rtol=1e-5, atol=0)
         assert votes.argmax(1).item() == winner
     votes = knn_votes(bank, labels, query, num_classes=3, k=4, temperature=1.0)  # (0, 7): cosine 0 -> weight 1
-    torch.testing.assert_close(votes, torch.tensor([[math.e, 2 * math.exp(0.8), 1.0]]), rtol=1e-5, atol=0)
+    torch.testing.assert_close(votes, torch.tensor([[1.0, 2 * math.exp(-0.2), math.exp(-1)]]), rtol=1e-5, atol=0)
     # several queries in chunks of one give the same votes as all at once
     queries = torch.tensor([[3.0, 0.0], [0.0, 1.0], [0.8, -0.61]])
     torch.testing.assert_close(knn_votes(bank, labels, queries, 3, k=3, chunk=1), knn_votes(bank, labels, queries, 3, k=3))

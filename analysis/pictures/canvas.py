@@ -19,7 +19,8 @@ import torch  # noqa: E402
 from pretrain.data.transforms import build_eval_transform, normalize_uint8  # noqa: E402
 
 DPI = 100
-FIGSIZE = {"positions": (15.0, 5.4), "attention": (10.0, 4.6), "smoothing": (14.0, 7.0), "curves": (8.0, 5.0)}
+FIGSIZE = {"positions": (15.0, 5.4), "attention": (10.0, 4.6), "smoothing": (14.0, 7.0), "curves": (8.0, 5.0),
+           "monitors": (15.0, 8.0)}
 
 
 def expected_size(kind: str) -> tuple[int, int]:

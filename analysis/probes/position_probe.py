@@ -15,14 +15,15 @@ checkpoint sees the same ones.
 
 Features are extracted once per drop ratio without gradients and cached; the
 head (feature standardisation + Linear(D, N)) trains with AdamW on the cache.
-Writes ``position_probe_metrics.json`` in ``--output``.
+Writes ``position_probe_metrics.json`` in ``--output``. The probe's pieces (dropped sets,
+encoding, head, training) are ``classification.position_probe``, shared with the online
+monitor of pretraining (``pretrain.engine.monitors``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import traceback
@@ -31,9 +32,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
+from classification.position_probe import (  # noqa: F401 (cell_distance: re-exported for callers)
+    PositionHead,
+    cell_distance,
+    chance_within1,
+    dropped_positions,
+    encode_dropped,
+    evaluate_position_head,
+    steps_per_pass,
+    train_position_head,
+)
 from pretrain.atomic import atomic_write_text
 
 from .backbone import REPLACEMENTS, LoadedBackbone, load_backbone, random_backbone
@@ -60,40 +69,11 @@ class ProbeSettings:
 
 
 # --------------------------------------------------------------------------- tokens
-def dropped_positions(batch: int, num_patches: int, drop_ratio: float, generator: torch.Generator) -> torch.Tensor:
-    """Per image, a random round(drop_ratio * N) cells lose their position: bool [B, N]."""
-    if not 0.0 <= drop_ratio <= 1.0:
-        raise ValueError(f"drop ratio must lie in [0, 1], got {drop_ratio}")
-    k = int(round(drop_ratio * num_patches))
-    order = torch.argsort(torch.rand(batch, num_patches, generator=generator), dim=1)
-    dropped = torch.zeros(batch, num_patches, dtype=torch.bool)
-    dropped.scatter_(1, order[:, :k], True)
-    return dropped
-
-
 @torch.no_grad()
 def encode_with_dropped_positions(backbone: LoadedBackbone, imgs: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-    """All N patches + cls through the encoder, dropped positions replaced: [B, N, D] (normed)."""
-    vit = backbone.model
-    b = imgs.shape[0]
-    tokens = vit.embed_patches(imgs)  # [B, N, D]
-    pe = vit.pos_embed_patches().expand(b, -1, -1)  # [B, N, D]
-    pe = torch.where(dropped.unsqueeze(-1), backbone.position_token.to(pe.dtype), pe)
-    x = torch.cat([vit.cls_with_pos(b), tokens + pe], dim=1)
-    return vit.forward_encoder_tokens(x)[:, 1:]
-
-
-def cell_distance(a: torch.Tensor, b: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Chebyshev distance in grid cells between flat cell indices a and b."""
-    w = grid[1]
-    return torch.maximum((a // w - b // w).abs(), (a % w - b % w).abs())
-
-
-def chance_within1(grid: tuple[int, int]) -> float:
-    """Within-one-cell accuracy of a uniformly random guess, averaged over true cells."""
-    n = grid[0] * grid[1]
-    cells = torch.arange(n)
-    return float((cell_distance(cells[:, None], cells[None, :], grid) <= 1).float().mean())
+    """All N patches + cls through the backbone's encoder, dropped positions replaced by its
+    position token: [B, N, D] (normed); :func:`classification.position_probe.encode_dropped`."""
+    return encode_dropped(backbone.model, backbone.position_token, imgs, dropped)
 
 
 # --------------------------------------------------------------------------- data
@@ -117,6 +97,7 @@ def make_loader(
 ) -> torch.utils.data.DataLoader:
     """Eval-transformed images of one split, in file order, at most ``limit`` (evenly spread over classes)."""
     from pretrain.data.imagefolder import ImageFolderDataset, drop_missing_collate
+    from pretrain.data.loader_timeout import worker_timeout
     from pretrain.data.transforms import build_eval_transform
 
     # with skip_bad an unreadable image is left out (never replaced by another one)
@@ -127,7 +108,7 @@ def make_loader(
         ds = torch.utils.data.Subset(ds, [int(i * step) for i in range(limit)])
     return torch.utils.data.DataLoader(
         ds, batch_size=settings.extract_batch, shuffle=False, num_workers=settings.num_workers, persistent_workers=False,
-        collate_fn=drop_missing_collate,
+        collate_fn=drop_missing_collate, timeout=worker_timeout(settings.num_workers),  # a hung worker fails, named
     )
 
 
@@ -173,55 +154,14 @@ def extract_features(
 
 
 # --------------------------------------------------------------------------- head
-class PositionHead(nn.Module):
-    """Standardise features with training statistics, then Linear(D -> N) (a linear probe)."""
-
-    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_positions: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", mean)
-        self.register_buffer("std", std)
-        self.fc = nn.Linear(mean.numel(), num_positions)
-        nn.init.zeros_(self.fc.weight)
-        nn.init.zeros_(self.fc.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc((x.float() - self.mean) / self.std)
-
-
 def train_head(feats: torch.Tensor, labels: torch.Tensor, num_positions: int, settings: ProbeSettings) -> PositionHead:
-    """AdamW with a cosine schedule on cached features; full passes over shuffled minibatches."""
-    x = feats.float()
-    head = PositionHead(x.mean(0), x.std(0).clamp_min(1e-6), num_positions)
-    opt = torch.optim.AdamW(head.fc.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    gen = torch.Generator().manual_seed(settings.seed)
-    m = x.shape[0]
-    steps_per_epoch = max(math.ceil(m / settings.batch_size), 1)
-    total = settings.epochs * steps_per_epoch
-    step = 0
-    for _ in range(settings.epochs):
-        order = torch.randperm(m, generator=gen)
-        for i in range(steps_per_epoch):
-            idx = order[i * settings.batch_size : (i + 1) * settings.batch_size]
-            for group in opt.param_groups:
-                group["lr"] = settings.lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            loss = F.cross_entropy(head(x[idx]), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-    return head.eval()
+    """AdamW with a cosine schedule on cached features: ``settings.epochs`` full passes over shuffled minibatches."""
+    steps = settings.epochs * steps_per_pass(feats.shape[0], settings.batch_size)
+    return train_position_head(feats, labels, num_positions, steps=steps, lr=settings.lr,
+                               weight_decay=settings.weight_decay, batch_size=settings.batch_size, seed=settings.seed)
 
 
-@torch.no_grad()
-def evaluate_head(
-    head: PositionHead, feats: torch.Tensor, labels: torch.Tensor, grid: tuple[int, int]
-) -> dict[str, float]:
-    """Top-1 and within-one-cell accuracy (fractions)."""
-    pred = torch.cat([head(feats[i : i + 8192]).argmax(-1) for i in range(0, feats.shape[0], 8192)])
-    return {
-        "top1": float((pred == labels).float().mean()),
-        "within1": float((cell_distance(pred, labels, grid) <= 1).float().mean()),
-    }
+evaluate_head = evaluate_position_head  # top-1 and within-one-cell accuracy (fractions)
 
 
 # --------------------------------------------------------------------------- run

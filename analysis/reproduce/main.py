@@ -50,12 +50,17 @@ import sys
 import time
 from pathlib import Path
 
+from pretrain.engine.total_batch import TotalBatchError
+
 from ..sweeps.ablation import ABLATION_STAGES, GRID_CONFIRM_RUNS, AblationError, build_ablation_stages, plan_sweep, write_plan
 from .profiles import DEMO, PROFILES, profile_from_args
 from .report import make_pictures, write_report
+from .inits import InitError, describe, init_stages, plan_from_args, run_methods, write_init_records
+from .interrupt import run_interruptible
 from .runner import run_stages
+from .slurm import add_slurm_args, recorded_args, show_status, submit_run
 from .protocols import write_protocols
-from .stages import INITS, METHODS, ROOT, STAGES, Stage, build_stage_table
+from .stages import INITS, ROOT, STAGES, Stage, build_stage_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,8 +71,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--methods",
         default=None,
-        help="comma-separated subset of droppos,mae,adpe,scratch (default: all four in the demo, "
-        "the three methods in the paper profiles)",
+        help="comma-separated subset of droppos,mae,adpe,scratch, or none (default: all four in the demo, "
+        "the three methods in the paper profiles, none in the evaluation-only profiles)",
+    )
+    p.add_argument(
+        "--init",
+        action="append",
+        metavar="NAME=PATH",
+        help="also evaluate the weights in PATH (any format pretrain.weights reads; never downloaded) as the row "
+        "NAME: every transfer and probe stage, no pretraining; repeatable",
+    )
+    p.add_argument("--reference", default="mae", help="the row the tables' 'vs' column compares against")
+    p.add_argument(
+        "--no-rerun",
+        action="store_true",
+        help="refuse, instead of running again, a finished stage whose inputs (checkpoint, recipe file, "
+        "arguments) changed",
     )
     p.add_argument("--seeds", type=int, default=1, help="seeds of every transfer stage (0 .. N-1), at least 1")
     p.add_argument("--pretrain-seeds", type=int, default=1, help="pretraining seeds per method, at least 1")
@@ -113,6 +132,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--segmentation-iters", type=int, default=None, help=f"default {DEMO['segmentation_iters']}")
     g = p.add_argument_group("paper profiles")
     g.add_argument("--imagenet", default="/datasets/imagenet", help="ImageNet-1K root (train/, val/)")
+    g.add_argument("--imagenet-variants", default="/datasets/imagenet_variants",
+                   help="ImageNet-V2 / -R / -A / -Sketch / -C / ReaL as tools.prepare_data lays them out (robustness)")
     g.add_argument("--coco", default="/datasets", help="folder holding coco/ (DETECTRON2_DATASETS)")
     g.add_argument("--ade20k", default="/datasets/ade/ADEChallengeData2016", help="ADEChallengeData2016 folder")
     g.add_argument("--gpus", type=int, default=8, help="GPUs per node")
@@ -120,6 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--node-rank", type=int, default=0)
     g.add_argument("--master-addr", default="127.0.0.1")
     g.add_argument("--master-port", type=int, default=29500)
+    add_slurm_args(p)
     return p
 
 
@@ -127,8 +149,11 @@ def prepare_data(root: Path) -> None:
     """Generate the built-in data set (all formats) unless it is there already."""
     from pretrain.data.synthetic import make_builtin_dataset
 
+    from .profiles import prepare_demo_variants
+
     t = time.time()
     make_builtin_dataset(root)  # no-op when the manifest matches
+    prepare_demo_variants(root)  # the robustness stage's corrupted val copy (no-op when it matches)
     print(f"[reproduce] built-in data ready at {root} ({time.time() - t:.0f} s)", flush=True)
 
 
@@ -147,7 +172,8 @@ def print_commands(args: argparse.Namespace, out: Path, methods: list[str], stag
         print(f"# {s.method} / {s.name} -> {s.metrics}")
         print(f"# not available: {s.available}" if s.available else s.shell())
     if methods:
-        print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / 'report'}")
+        ref = f" --reference {args.reference}" if getattr(args, "reference", "mae") != "mae" else ""
+        print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / 'report'}{ref}")
     if args.profile != "demo":
         print("# add --launch to run these commands here, one after the other")
 
@@ -192,10 +218,10 @@ def run_ablation(args: argparse.Namespace) -> int:
     why = bad_options(args, [], chosen)
     if not why and args.methods not in (None, "droppos"):
         why = f"--ablation sweeps DropPos only (got --methods {args.methods})"
-    profile = profile_from_args(args)
     try:
+        profile = profile_from_args(args)
         axes, points = plan_sweep(args.ablation, profile, args.ablation_grid, args.pretrain_seeds, args.yes)
-    except AblationError as exc:
+    except (AblationError, TotalBatchError) as exc:
         why = why or str(exc)
     if why:
         print(f"error: {why}", file=sys.stderr)
@@ -213,36 +239,66 @@ def run_ablation(args: argparse.Namespace) -> int:
     t0 = time.time()
     write_plan(out, axes, points, args.profile)
     write_protocols([s for s in stages if not s.metrics.is_file()], out, args.seeds, args.pretrain_seeds)
-    records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
+    records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra, no_rerun=args.no_rerun)
     report = write_ablation_report(out, no_pictures=args.no_pictures)
     print(f"[reproduce] ablation report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
     return exit_code(records)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Print or run the stages, then the pictures and the report; 1 if a stage failed, 2 on bad options."""
+    """Print or run the stages, then the pictures and the report; 1 if a stage failed, 2 on bad options,
+    130 with one line on Ctrl-C (the running stages stopped, ``analysis.reproduce.interrupt``)."""
+    return run_interruptible(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     args = get_args_parser().parse_args(argv)
+    if args.status or args.resubmit_failed:  # the options of that SLURM run, from its jobs.json
+        args = recorded_args(args, get_args_parser())
+        if args is None:
+            return 2
+    if args.ablation and args.launcher == "slurm":
+        print("error: --launcher slurm runs the end-to-end stages; --ablation sweeps run locally", file=sys.stderr)
+        return 2
     if args.ablation:
         return run_ablation(args)
-    default = INITS if args.profile == "demo" else METHODS
-    methods = [m for m in (args.methods or ",".join(default)).split(",") if m]
+    methods = run_methods(args)
     chosen = [s for s in (args.stages or ",".join(STAGES)).split(",") if s]
     why = bad_options(args, methods, chosen)
+    inits = []
+    try:
+        inits = plan_from_args(args, methods) if not why else []  # every --init read and checked before any stage
+    except InitError as exc:
+        why = str(exc)
+    rows = [*methods, *(i.name for i in inits)]
+    if not why and args.reference != "mae" and args.reference not in rows:
+        why = f"--reference {args.reference}: not a row of this run (rows: {', '.join(rows)})"
     if why:
         print(f"error: {why}", file=sys.stderr)
         return 2
     out = Path(args.output or f"outputs/{args.profile}")
-    table = build_stages(args, out, methods)
+    try:
+        table = build_stages(args, out, methods) + init_stages(profile_from_args(args), out, inits, args.seeds)
+    except TotalBatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     stages = [s for name in STAGES if name in chosen for s in table if s.name == name]  # stage by stage
-    if args.dry_run or (args.profile != "demo" and not args.launch):
-        print_commands(args, out, methods, stages)
+    if args.status:
+        return show_status(out, stages)
+    for init in inits:
+        print(describe(init), flush=True)
+    if args.dry_run or (args.profile != "demo" and not args.launch and args.launcher == "local"):
+        print_commands(args, out, rows, stages)
         return 0
     if args.profile == "demo":
         prepare_data(Path(args.data))
     jobs, threads, env_extra = execution(args)
     t0 = time.time()
     write_protocols([s for s in stages if not s.metrics.is_file()], out, args.seeds, args.pretrain_seeds)
-    records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra)
+    write_init_records(out, inits, args.seeds)
+    if args.launcher == "slurm" or args.resubmit_failed:
+        return submit_run(args, sys.argv[1:] if argv is None else list(argv), out, methods, table, stages)
+    records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra, no_rerun=args.no_rerun)
     made = []
     if not args.no_pictures:
         t = time.time()
@@ -253,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), methods)
         print(f"[reproduce] pictures: {len(made)} made ({time.time() - t:.0f} s)", flush=True)
     folders = list(dict.fromkeys(s.method for s in table))
-    report = write_report(out, args.profile, records, folders, made, time.time() - t0, args.detection_iters)
+    report = write_report(
+        out, args.profile, records, folders, made, time.time() - t0, args.detection_iters, reference=args.reference
+    )
     print(f"[reproduce] report: {report}  (total {(time.time() - t0) / 60:.1f} min)", flush=True)
     return exit_code(records)
 

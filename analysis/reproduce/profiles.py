@@ -16,6 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .cluster_batch import with_cluster_batch
 from .stages import Profile
 
 # Budget of the demo (2 CPU cores, ~15 min in all): epochs and iterations per stage. CPU minutes
@@ -34,15 +35,26 @@ DEMO = {
     "probe_img_size": 64,
     "probe_train_images": 400,
     "probe_sweep": "0,0.75,1.0",
+    # robustness (0.3-0.4 CPU min per initialisation, 2026-12-03, busy machine) and low-shot (0.15): the
+    # fine-tuned classifier on 100 val images (evenly spread), clean and under the position rows, and on a
+    # corrupted copy of the same images (4 ImageNet-C corruptions x 3 severities); 1 / 10 images per class
+    "robustness_images": 100,
+    "corruptions": ("gaussian_noise", "defocus_blur", "contrast", "jpeg_compression"),
+    "severities": (1, 3, 5),
 }
+# The demo's online monitors during pretraining (pretrain/engine/monitors.py): after every 2nd epoch and the last,
+# on 50 val and 50 train images of the built-in data, the position head 100 steps on 32 tokens per image; within
+# 5 % of the epochs' time (tools/benchmark_monitors.py --part demo; 100 + 100 images every epoch cost 13-18 %)
+DEMO_MONITORS = ["train.monitor.every_epochs=2", "train.monitor.images=50", "train.monitor.bank_images=50",
+                 "train.monitor.probe_tokens_per_image=32", "train.monitor.probe_steps=100"]
 # profile -> backbone size and, per method, (pretraining recipe in pretrain/configs, overrides)
 PROFILES = {
     "demo": {
         "size": "tiny",
         "pretrain": {
-            "droppos": ("droppos_vit_tiny_builtin.yaml", ["train.epochs=6"]),
-            "mae": ("mae_vit_tiny_builtin.yaml", ["train.epochs=6"]),
-            "adpe": ("adpe_vit_tiny_builtin.yaml", ["train.epochs=3"]),
+            "droppos": ("droppos_vit_tiny_builtin.yaml", [*DEMO_MONITORS, "train.epochs=6"]),
+            "mae": ("mae_vit_tiny_builtin.yaml", [*DEMO_MONITORS, "train.epochs=6"]),
+            "adpe": ("adpe_vit_tiny_builtin.yaml", [*DEMO_MONITORS, "train.epochs=3"]),
         },
     },
     "vit_b_200ep": {
@@ -69,7 +81,13 @@ PROFILES = {
             "adpe": ("adpe_rel_coord_vit_large_1600ep.yaml", ["train.epochs=800"]),
         },
     },
+    # evaluation only: no pretraining, the paper recipes on each --init (analysis.reproduce.inits)
+    "vit_b_eval": {"size": "base", "pretrain": {}, "evaluation_only": True},
+    "vit_l_eval": {"size": "large", "pretrain": {}, "evaluation_only": True},
 }
+# the patch size of each profile's recipes (the demo's ViT-Tiny: 8 px; the paper profiles: 16 px)
+PATCH_SIZES = {"demo": 8}
+DEFAULT_PATCH = 16
 # backbone size -> the transfer configs (finetune_rel: for AdPE's relative-position encoders;
 # <stage>_<method>: that method's own recipe where it differs)
 TRANSFER_CONFIGS = {
@@ -79,6 +97,7 @@ TRANSFER_CONFIGS = {
         "linear_probe": "linear_probe_vit_tiny_builtin.yaml",
         "knn": "knn_vit_tiny_builtin.yaml",
         "attentive_probe": "attentive_probe_vit_tiny_builtin.yaml",
+        "lowshot": "lowshot_vit_tiny_builtin.yaml",
         "detection": "mask_rcnn_vitdet_tiny_builtin.py",
         "segmentation": "upernet_vit-tiny-p8_1xb8-400it_builtin-ade-64x64.py",
     },
@@ -88,6 +107,7 @@ TRANSFER_CONFIGS = {
         "linear_probe": "linear_probe_vit_base.yaml",
         "knn": "knn_default.yaml",
         "attentive_probe": "attentive_probe_default.yaml",
+        "lowshot": "lowshot_default.yaml",
         "detection": "mask_rcnn_vitdet_b_100ep.py",
         "segmentation": "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py",
     },
@@ -98,6 +118,7 @@ TRANSFER_CONFIGS = {
         "linear_probe": "linear_probe_vit_large.yaml",
         "knn": "knn_default.yaml",
         "attentive_probe": "attentive_probe_default.yaml",
+        "lowshot": "lowshot_default.yaml",
         "detection": "mask_rcnn_vitdet_l_100ep.py",
         "segmentation": "upernet_vit-l16_8xb2-amp-160k_ade20k-512x512.py",
     },
@@ -105,14 +126,26 @@ TRANSFER_CONFIGS = {
 
 
 # backbone size -> the input size of each stage's recipe (the protocol column of the tables)
-_CLASSIFY = ("finetune", "linear_probe", "knn", "attentive_probe", "position_probe")
+_CLASSIFY = ("finetune", "linear_probe", "knn", "attentive_probe", "lowshot", "position_probe", "robustness")
 IMAGE_SIZES = {
     "tiny": {**dict.fromkeys(_CLASSIFY, 64), "detection": 128, "segmentation": 64},
     "base": {**dict.fromkeys(_CLASSIFY, 224), "detection": 1024, "segmentation": 512},
     "large": {**dict.fromkeys(_CLASSIFY, 224), "detection": 1024, "segmentation": 512},
 }
 # overrides of the size-independent k-NN / attentive-probe recipes (their defaults are ViT-B/16)
-SIZE_OVERRIDES = {"large": {k: ["model.size=large"] for k in ("knn", "attentive_probe")}}
+SIZE_OVERRIDES = {"large": {k: ["model.size=large"] for k in ("knn", "attentive_probe", "lowshot")}}
+# the robustness sets of the paper profiles (ImageNet variants as tools.prepare_data lays them out)
+PAPER_ROBUSTNESS_SETS = "v2,r,a,sketch,c,real,position"
+DEMO_VARIANTS = "variants"  # below the built-in data root: the corrupted copy of the val split
+
+
+def prepare_demo_variants(data: Path) -> Path:
+    """The demo's ImageNet-C-style copy of the built-in val split (``classification.builtin_corruptions``)."""
+    from classification.builtin_corruptions import make_corrupted_copy
+
+    return make_corrupted_copy(data / "imagenet", data / DEMO_VARIANTS, img_size=DEMO["probe_img_size"],
+                               corruptions=DEMO["corruptions"], severities=DEMO["severities"],
+                               limit=DEMO["robustness_images"])
 
 
 def detection_budget(iters: int, data: Path) -> list[str]:
@@ -181,6 +214,9 @@ def demo_profile(
         ],
         probe_sweep=DEMO["probe_sweep"],
         random_arch=f"vit_{spec['size']}_patch8_{DEMO['probe_img_size']}",
+        robustness_flags=["--sets", "c,position", "--variants", str(data / DEMO_VARIANTS), "--imagenet",
+                          str(data / "imagenet"), "--val-images", str(DEMO["robustness_images"]), "--workers",
+                          str(workers), "--batch-size", "100"],
         check=True,
     )
 
@@ -229,6 +265,8 @@ def paper_profile(name: str, args: argparse.Namespace) -> Profile:
         segmentation_flags=["--launcher", "pytorch"],
         probe_flags=["--img-size", "224"],
         random_arch=f"vit_{spec['size']}_patch16_224",
+        robustness_flags=["--sets", PAPER_ROBUSTNESS_SETS, "--variants", str(args.imagenet_variants), "--imagenet",
+                          str(args.imagenet), "--workers", "10", "--batch-size", "256"],
         env={"detection": {"DETECTRON2_DATASETS": str(args.coco)}},
     )
 
@@ -237,4 +275,5 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
     """The profile ``python -m analysis.reproduce`` was asked for."""
     if args.profile == "demo":
         return demo_profile(Path(args.data), args.workers, args.detection_iters, args.segmentation_iters)
-    return paper_profile(args.profile, args)
+    # each stage's per-GPU batch and accumulation for --gpus x --nnodes, so that the recipes' total batch holds
+    return with_cluster_batch(paper_profile(args.profile, args), args.gpus, args.nnodes, args.allow_batch_change)

@@ -28,7 +28,7 @@ def write_protocols(stages: list[Stage], out: Path, seeds: int, pretrain_seeds: 
             init=init,
             seed=next((s.seed for s in items if s.name != "pretrain"), items[0].seed),
             pretrain_seed=items[0].pretrain_seed,
-            planned_runs=seeds * (1 if init == SCRATCH else pretrain_seeds),
+            planned_runs=seeds * (1 if init == SCRATCH or items[0].pretrain_seed is None else pretrain_seeds),
         )
         data.setdefault("stages", {}).update({s.name: s.protocol for s in items if s.protocol})
         run_dir.mkdir(parents=True, exist_ok=True)

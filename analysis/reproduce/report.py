@@ -38,6 +38,23 @@ def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, 
             "Position-probe accuracy against the share of dropped positions",
             lambda: pictures.plot_probe_curves(probes, pics_dir / "position_probe_curves.png"),
         )
+    robust = {m: sorted((out / m).glob(f"**/robustness/{METRICS['robustness']}")) for m in methods}
+    if any(robust.values()):
+        from ..pictures.robustness import plot_robustness
+
+        attempt(
+            "Fine-tuned classifiers: top-1 against corruption severity, share of patch tokens dropped and "
+            "patch blocks shuffled (seeds pooled)",
+            lambda: plot_robustness(robust, pics_dir / "robustness.png"),
+        )
+    runs = [(m, out / m / "pretrain") for m in methods if (out / m / "pretrain" / METRICS["pretrain"]).is_file()]
+    if runs:
+        finals = {m: pictures.final_transfer(out / m) for m, _ in runs}
+        attempt(
+            "Pretraining epoch by epoch: pretext loss and accuracy, online k-NN, position probe and RankMe; "
+            "the transfer stages' top-1 as markers at the last epoch",
+            lambda: pictures.plot_monitor_curves(runs, pics_dir / "monitor_curves.png", finals),
+        )
     for method in methods:
         pre = out / method / "pretrain"
         backbone = pre / "backbone.pth"
@@ -79,11 +96,13 @@ def write_report(
     pictures_made: list[tuple[str, Path]],
     wall: float,
     detection_iters: int | None = None,
+    reference: str = "mae",
 ) -> Path:
     """<out>/report.md: stage wall times, the comparison tables, the comparison picture and the pictures.
 
     ``folders``: the run folders below ``out`` (``droppos``, ``droppos/seed1``, ``scratch`` ...);
-    ``detection_iters``: the demo's detection iterations when not the DEMO budget's.
+    ``detection_iters``: the demo's detection iterations when not the DEMO budget's; ``reference``: the row
+    the comparison's "vs" column compares against.
     """
     from ..tables.comparison import COMPARISON_PICTURE, MetricsError, build_tables
 
@@ -111,7 +130,8 @@ def write_report(
     lines += ["", "## Results", ""]
     inits = list(dict.fromkeys(f.split("/")[0] for f in folders))
     try:
-        md, _ = build_tables([out / i for i in inits if (out / i).is_dir()], out / "report", stages=False)
+        md, _ = build_tables([out / i for i in inits if (out / i).is_dir()], out / "report", stages=False,
+                             reference=reference)
         lines.append(md)
     except MetricsError as exc:
         lines.append(f"Tables not built: {exc}")

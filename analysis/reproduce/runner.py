@@ -24,6 +24,8 @@ from pathlib import Path
 from pretrain.atomic import atomic_write_text
 
 from ..layout import STATUS_FILE
+from . import interrupt
+from .stage_inputs import input_changes, record_inputs, recorded_inputs, set_aside
 from .stages import ROOT, Stage
 
 _STATUS_LOCK = threading.Lock()
@@ -122,6 +124,16 @@ def headline(stage: Stage) -> str:
         return f"mIoU {m.get('mIoU')}"
     if stage.name == "position_probe":
         return "; ".join(f"drop {r['drop_ratio']:g}: {100 * r['top1']:.1f}%" for r in m.get("results", []))
+    if stage.name == "lowshot":
+        return "; ".join(f"{k}: top-1 {v.get('top1', float('nan')):.2f}%" for k, v in (m.get("subsets") or {}).items())
+    if stage.name == "robustness":
+        sets = m.get("sets") or {}
+        parts = [f"clean {m['clean']['top1']:.1f}%"] if isinstance(m.get("clean"), dict) else []
+        if isinstance(sets.get("c"), dict) and sets["c"].get("mean_top1") is not None:
+            parts.append(f"C mean {sets['c']['mean_top1']:.1f}%")
+        rows = (sets.get("position") or {}).get("rows") or {}
+        parts += [f"{k} {rows[k]['top1']:.1f}%" for k in ("shuffle_grid", "drop_0.75") if k in rows]
+        return ", ".join(parts)
     return ""
 
 
@@ -132,7 +144,10 @@ def _wait_with_cpu(proc: subprocess.Popen) -> tuple[int, float]:
     The CPU time says what a stage costs whatever else the machine runs; ``wait4`` reads it
     for this child alone, so stages running side by side are told apart.
     """
-    _, status, usage = os.wait4(proc.pid, 0)
+    try:
+        _, status, usage = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # reaped already (an interrupt stopped it): no CPU time to read
+        return (proc.returncode if proc.returncode is not None else -15), 0.0
     proc.returncode = os.waitstatus_to_exitcode(status)
     return proc.returncode, usage.ru_utime + usage.ru_stime
 
@@ -150,6 +165,7 @@ def _run_process(
         proc = subprocess.Popen(
             stage.command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
+        interrupt.track(tag, proc)
         watchdog = None
         if timeout is not None:
             watchdog = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
@@ -163,14 +179,16 @@ def _run_process(
                     _say(f"  [{tag}] {line.rstrip()}")
             rc, cpu = _wait_with_cpu(proc)
         except KeyboardInterrupt:
-            proc.kill()
-            proc.wait()
+            interrupt.stop_all()  # this stage and any running beside it
             raise
         finally:
+            interrupt.untrack(proc)
             if watchdog is not None:
                 watchdog.cancel()
     if timed_out.is_set():
         rc = f"stopped after --stage-timeout {timeout:g} s"
+    elif rc != 0 and interrupt.interrupted():
+        rc = interrupt.INTERRUPTED_REASON
     return rc, cpu
 
 
@@ -180,10 +198,26 @@ def run_stage(
     verbose: bool = False,
     timeout: float | None = None,
     env_extra: dict[str, str] | None = None,
+    no_rerun: bool = False,
 ) -> dict:
-    """Run (or skip) one stage; returns its status record (also saved in the run's stage_status.json)."""
+    """Run (or skip) one stage; returns its status record (also saved in the run's stage_status.json).
+
+    A stage whose output was started from other inputs (``analysis.reproduce.stage_inputs``) is run
+    again from the start, its old folder set aside, or refused with ``no_rerun``.
+    """
     run_dir = out / stage.method
     unfinished = unfinished_reason(stage)
+    changed, inputs = input_changes(stage)
+    if changed:
+        what = "; ".join(changed)
+        if no_rerun:
+            record = {"status": "failed", "reason": f"--no-rerun: its output was made from other inputs ({what})"}
+            return _settle(stage, out, record, f"REFUSED (--no-rerun): {stage.metrics.parent} was made from other "
+                                               f"inputs: {what}")
+        moved = set_aside(stage, out)
+        _say(f"[reproduce] {stage.method}/{stage.name}: inputs changed since its output was made ({what}): "
+             f"old output moved to {moved}, running it again")
+        unfinished = "its inputs changed"
     if unfinished is not None and stage.metrics.is_file():
         _say(f"[reproduce] {stage.method}/{stage.name}: not finished ({unfinished}): running it again")
     if unfinished is None:
@@ -195,7 +229,8 @@ def run_stage(
             "cpu_seconds": previous.get("cpu_seconds"),
             "metrics": str(stage.metrics),
         }
-        return _settle(stage, out, record, f"done before ({stage.metrics}), skipped")
+        unchecked = "" if recorded_inputs(stage) is not None else "; its inputs were not recorded, not checked"
+        return _settle(stage, out, record, f"done before ({stage.metrics}), skipped{unchecked}")
     if stage.available:
         record = {"status": "skipped", "reason": f"not available: {stage.available}"}
         return _settle(stage, out, record, f"skipped (not available: {stage.available})")
@@ -208,6 +243,7 @@ def run_stage(
     env = dict(os.environ, **stage.env, **(env_extra or {}))
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    record_inputs(stage, inputs)
     _say(f"[reproduce] {stage.method}/{stage.name}: running (log: {log})")
     t0 = time.time()
     rc, cpu = _run_process(stage, log, env, verbose, timeout)
@@ -236,12 +272,13 @@ def run_stages(
     verbose: bool = False,
     timeout: float | None = None,
     env_extra: dict[str, str] | None = None,
+    no_rerun: bool = False,
 ) -> dict[tuple[str, str], dict]:
     """Run stages in order, up to ``jobs`` at a time; a stage waits for the stage that writes what it needs."""
     records: dict[tuple[str, str], dict] = {}
     if jobs <= 1:
         for s in stages:
-            records[(s.method, s.name)] = run_stage(s, out, verbose, timeout, env_extra)
+            records[(s.method, s.name)] = run_stage(s, out, verbose, timeout, env_extra, no_rerun)
         return records
     pending = list(stages)
     running: dict[Future, Stage] = {}
@@ -251,15 +288,20 @@ def run_stages(
         return any(p is not s and any(n.parent == p.metrics.parent for n in s.needs) for p in others)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        while pending or running:
-            for s in list(pending):
-                if len(running) >= jobs:
-                    break
-                if not blocked(s):
-                    pending.remove(s)
-                    running[pool.submit(run_stage, s, out, verbose, timeout, env_extra)] = s
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
-                s = running.pop(fut)
-                records[(s.method, s.name)] = fut.result()
+        try:
+            while pending or running:
+                for s in list(pending):
+                    if len(running) >= jobs:
+                        break
+                    if not blocked(s):
+                        pending.remove(s)
+                        running[pool.submit(run_stage, s, out, verbose, timeout, env_extra, no_rerun)] = s
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    s = running.pop(fut)
+                    records[(s.method, s.name)] = fut.result()
+        except KeyboardInterrupt:  # only the main thread gets it: stop the stages the pool's threads run
+            pool.shutdown(wait=False, cancel_futures=True)
+            interrupt.stop_all()
+            raise
     return records

@@ -1,8 +1,8 @@
 """The stage table of the end-to-end run: one builder for every profile.
 
 Each pretraining method gets the same stages, each its own process that leaves one metrics
-JSON behind: pretraining, fine-tuning, linear probing, k-NN, the attentive probe,
-detection, segmentation and the position probe. The ``scratch`` initialisation (random
+JSON behind: pretraining, fine-tuning, linear probing, k-NN, the attentive probe, low-shot,
+detection, segmentation, the position probe and the robustness of the fine-tuned classifier. The ``scratch`` initialisation (random
 weights) gets every stage but pretraining, with the same transfer recipes and seeds. Each
 transfer stage runs under ``seeds`` seeds on each of ``pretrain_seeds`` pretraining runs.
 Layout below the output root (one *run folder* per pretraining seed and transfer seed;
@@ -32,6 +32,9 @@ from ..layout import INITS, METHODS, METRICS, SCRATCH, STAGES  # noqa: F401  (re
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_SWEEP = "0,0.25,0.5,0.75,1.0"
+# the stages that encode frozen features, and their shared cache below the output root (classification.feature_cache)
+FEATURE_STAGES = ("linear_probe", "knn", "attentive_probe", "lowshot")
+FEATURE_CACHE = "feature_cache"
 
 
 @dataclass
@@ -108,6 +111,8 @@ _PACKAGES = {
     "linear_probe": ("classification.finetune", "classification.linear_probe"),
     "knn": ("classification.knn",),
     "attentive_probe": ("classification.attentive_probe",),
+    "lowshot": ("sklearn", "classification.lowshot"),
+    "robustness": ("classification.robustness",),
     "detection": ("detectron2", "detection.train_net"),
     "segmentation": ("mmseg", "mmcv"),
 }
@@ -134,6 +139,7 @@ NO_RANDOM_INIT: dict[str, str] = {"finetuned_probe": "compares a pretrained enco
 # The fine-tuned backbones the DropPos paper's §4.3 analysis probes: stage -> its checkpoint in the
 # stage's folder (a folder: MMEngine's last_checkpoint names the file).
 FINETUNED_BACKBONES = {"finetune": "best.pth", "detection": "model_final.pth", "segmentation": "."}
+ROBUSTNESS = Path("classification/robustness.py")  # the robustness stage's protocol is its command's options
 
 
 def ade_data_root(ade: Path) -> list[str]:
@@ -173,6 +179,8 @@ class Profile:
         probe_flags: position-probe options after ``--label``.
         probe_sweep: the drop ratios of the position-probe stage (comma-separated; 0.75 among them).
         random_arch: the ViT the scratch baseline's position probe builds (``vit_<size>_patch<p>_<img>``).
+        robustness_flags: ``classification.robustness`` options after ``--checkpoint`` (``--sets``, the
+            ImageNet variants, ``--imagenet`` ...): the robustness of the stage's fine-tuned classifier.
         env: stage -> extra environment variables.
         check: whether to mark the stages this machine cannot run (config file or packages missing).
     """
@@ -194,6 +202,7 @@ class Profile:
     probe_flags: list[str] = field(default_factory=list)
     probe_sweep: str = PROBE_SWEEP
     random_arch: str = ""
+    robustness_flags: list[str] = field(default_factory=list)
     env: dict[str, dict[str, str]] = field(default_factory=dict)
     check: bool = False
 
@@ -208,15 +217,20 @@ def _pretrain_command(p: Profile, method: str, pre: Path, seed: int) -> tuple[li
 
 
 def _transfer_command(
-    p: Profile, name: str, init: str, backbone: Path | None, where: Path, seed: int
+    p: Profile, name: str, init: str, backbone: Path | None, where: Path, seed: int, method: str | None = None
 ) -> tuple[list[str], Path | None, list[str]]:
-    """(argv, recipe, overrides) of one transfer stage; ``backbone`` None = random initialisation."""
+    """(argv, recipe, overrides) of one transfer stage; ``backbone`` None = random initialisation.
+
+    ``method``: whose recipes apply where a method has its own (default ``init``; an ``--init``
+    checkpoint names the method its weights show, ``adpe`` for AdPE's relative-position tables).
+    """
     ckpt = str(backbone) if backbone is not None else "none"
-    if name in ("finetune", "linear_probe", "knn", "attentive_probe"):
-        rel = name == "finetune" and init == "adpe"  # AdPE's relative-position encoders
-        own = f"{name}_{init}"  # a method's own recipe where it differs (DropPos ViT-L fine-tuning)
+    recipes = method or init
+    if name in ("finetune", "linear_probe", "knn", "attentive_probe", "lowshot"):
+        rel = name == "finetune" and recipes == "adpe"  # AdPE's relative-position encoders
+        own = f"{name}_{recipes}"  # a method's own recipe where it differs (DropPos ViT-L fine-tuning)
         cls = Path("classification/configs") / p.configs["finetune_rel" if rel else own if own in p.configs else name]
-        flags = [*p.data_flags, *(p.train_flags if name != "knn" else [])]
+        flags = [*p.data_flags, *(p.train_flags if name not in ("knn", "lowshot") else [])]  # those train nothing
         extra = [*flags, *p.overrides.get(name, []), f"train.seed={seed}"]
         head = [*p.parallel, "-m", f"classification.{name}", "--config", str(cls), f"checkpoint={ckpt}"]
         return head + [f"train.output_dir={where}", f"data.path={p.imagenet}", *extra], cls, extra
@@ -233,6 +247,11 @@ def _transfer_command(
         init_flags = ["--checkpoint", ckpt] if backbone is not None else []
         head = [*p.parallel, "segmentation/train.py", str(seg), *p.segmentation_flags, *init_flags]
         return head + ["--work-dir", str(where), "--cfg-options", *extra, *ade_data_root(p.ade)], seg, extra
+    if name == "robustness":  # of the classifier the finetune stage of the same run folder wrote
+        classifier = where.parent / "finetune" / FINETUNED_BACKBONES["finetune"]
+        extra = [*p.robustness_flags, "--seed", str(seed)]
+        head = [*p.python, "-m", "classification.robustness", "--checkpoint", str(classifier)]
+        return head + ["--output", str(where), *extra], ROBUSTNESS, extra
     if name == "finetuned_probe":  # position awareness, pretrained vs fine-tuned (the paper's §4.3)
         pairs = [f"{task}={where.parent / task / ckpt}" for task, ckpt in FINETUNED_BACKBONES.items()]
         extra = [*(a for pair in pairs for a in ("--finetuned", pair)), "--sweep", "0.75", *p.probe_flags]
@@ -257,6 +276,8 @@ def _stage(
     """One stage of the run folder ``out / folder``: its availability, needs and protocol."""
     init = folder.split("/")[0]
     command, recipe, extra = built
+    if name in FEATURE_STAGES:  # one exact feature pass per backbone and split, shared by these stages
+        command = [*command, f"feature_cache={out / FEATURE_CACHE}"]
     available = NO_RANDOM_INIT.get(name, "") if init == SCRATCH else ""
     if not available and p.check:
         available = stage_availability(name, init, recipe)
@@ -285,6 +306,8 @@ def _stage(
 
 def _needs(folder: Path, name: str, backbone: Path | None) -> list[Path]:
     """What a stage reads: the pretrained backbone; the §4.3 probe also the fine-tuned models' metrics."""
+    if name == "robustness":  # the finished fine-tuning's classifier, scratch's included
+        return [folder / "finetune" / METRICS["finetune"], folder / "finetune" / FINETUNED_BACKBONES["finetune"]]
     if backbone is None or name == "pretrain":
         return []
     if name == "finetuned_probe":

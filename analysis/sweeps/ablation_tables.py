@@ -10,7 +10,8 @@ pretext measure is the position accuracy at the end of pretraining (``final.pos_
 value marked, and each value's difference to the recipe by Welch's t interval with its
 verdict (``analysis.stats``). Writes ``<out>/ablation.md`` and, in ``<out>/report/``,
 ``ablation_<key>.csv``, ``ablation_points.csv``, ``ablation_correlation.csv`` and
-``pictures/ablation_correlation.png`` (``analysis.ablation_picture``).
+``pictures/ablation_correlation.png`` (``analysis.ablation_picture``) and
+``pictures/ablation_monitor_curves.png`` (every point's pretext and online-monitor curves).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from .ablation import GRID_SOURCE, METHOD, RECIPE, read_plan
 from ..pictures.ablation import Pair, correlate, plot_correlation
+from ..pictures.monitor_curves import final_transfer, plot_monitor_curves
 from ..cli import run_command
 from ..tables.metrics_schema import MetricsError
 from ..tables.runs import collect_runs
@@ -38,6 +40,7 @@ def _pos_acc(m: dict) -> float | None:
 
 PRETEXT = Measure("PT pos. acc (pretext, %)", "pretrain", _pos_acc)
 PICTURE = "pictures/ablation_correlation.png"
+CURVES = "pictures/ablation_monitor_curves.png"  # pretext and monitor curves of every point
 
 
 @dataclass
@@ -174,6 +177,15 @@ def build_ablation_tables(out: str | Path, pictures: bool = True) -> str:
             parts += ["", f"![pretext vs transfer]({path.relative_to(out)})"]
         except Exception as exc:  # a picture must never sink the tables
             parts += ["", f"Correlation picture not made: {type(exc).__name__}: {exc}"]
+        runs = [(p.name, out / p.name / METHOD / "pretrain") for p in points]
+        runs = [(name, folder) for name, folder in runs if (folder / "pretrain_metrics.json").is_file()]
+        try:
+            if runs:
+                finals = {name: final_transfer(folder.parent) for name, folder in runs}
+                path = plot_monitor_curves(runs, report / CURVES, finals, title="Every point of the sweep, epoch by epoch")
+                parts += ["", "## Pretraining curves of every point", "", f"![curves]({path.relative_to(out)})"]
+        except Exception as exc:  # a picture must never sink the tables
+            parts += ["", f"Curves picture not made: {type(exc).__name__}: {exc}"]
     return "\n".join(parts) + "\n"
 
 

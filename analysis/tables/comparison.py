@@ -42,8 +42,10 @@ from .paper_numbers import (
     headline,
     reference_number,
 )
+from .provenance import HEADER as PROVENANCE_HEADER
+from .provenance import provenance, provenance_cells, provenance_records, provenance_table, same_weights
 from .runs import SIZE_NAMES, RunResults, collect_runs, run_name
-from .seed_rows import MEASURES, PRETRAIN_LOSS, SeedRow, build_rows, per_seed_rows, probe_at
+from .seed_rows import MEASURES, PRETRAIN_LOSS, SeedRow, build_rows, per_seed_rows, probe_at, shown_measures
 from .stats import TEST_NAME, Summary, difference_cell, value_cell, welch
 
 COMPARISON_PICTURE = "pictures/comparison.png"
@@ -130,9 +132,11 @@ def side_by_side_table(runs: list[RunResults], rows: dict) -> tuple[list[str], l
     for m in paper_methods:
         ref = headline(m, size) or headline(m, "base")
         heads.append(f"{METHOD_NAMES[m]} paper ({ref.arch})" if ref else f"{METHOD_NAMES[m]} paper")
-    header = ["measure"] + [f"{METHOD_NAMES.get(i, i)} (this suite)" for i in inits] + heads
+    files = {r.method: Path(rec["source"]).name for r in runs for rec in [provenance(r)] if rec.get("kind") == "file"}
+    header = ["measure"] + [f"{i} (weights: {files[i]})" if i in files else f"{METHOD_NAMES.get(i, i)} (this suite)"
+                            for i in inits] + heads
     out = []
-    for measure in (PRETRAIN_LOSS, *MEASURES):
+    for measure in (PRETRAIN_LOSS, *shown_measures(rows)):
         out.append(
             [measure.label]
             + [row_cell(rows.get((i, measure.label))) for i in inits]
@@ -174,8 +178,16 @@ def _versus_paper(row: SeedRow, size: str | None) -> str:
     return head + difference_cell(welch(s, paper), row.measure.digits) + f" (spread: {where})"
 
 
-def comparison_table(runs: list[RunResults], rows: dict) -> tuple[list[str], list[list[str]]]:
-    """Per task and initialisation: mean ± std (n), the differences to scratch and to MAE, the paper, the protocol."""
+def check_reference(reference: str, runs: list[RunResults]) -> None:
+    """A ``reference`` other than the default MAE must be one of the initialisations (MetricsError otherwise)."""
+    inits = _inits(runs)
+    if reference != "mae" and reference not in inits:
+        raise MetricsError(f"--reference {reference}: no such initialisation (found: {', '.join(inits)})")
+
+
+def comparison_table(runs: list[RunResults], rows: dict, reference: str = "mae") -> tuple[list[str], list[list[str]]]:
+    """Per task and initialisation: mean ± std (n), the differences to scratch and to ``reference`` (default
+    MAE), the paper, the protocol."""
     inits = _inits(runs)
     size = _size(runs)
     header = [
@@ -183,13 +195,13 @@ def comparison_table(runs: list[RunResults], rows: dict) -> tuple[list[str], lis
         "initialisation",
         "mean ± std (n)",
         "vs scratch",
-        "vs MAE",
+        f"vs {METHOD_NAMES.get(reference, reference)}",
         "vs paper (same backbone)",
         "protocol (recipe; budget; image size; seeds)",
     ]
     out = []
-    for measure in MEASURES:
-        scratch, mae = rows.get((SCRATCH, measure.label)), rows.get(("mae", measure.label))
+    for measure in shown_measures(rows):
+        scratch, mae = rows.get((SCRATCH, measure.label)), rows.get((reference, measure.label))
         for init in inits:
             row = rows[(init, measure.label)]
             out.append(
@@ -230,6 +242,9 @@ def pretraining_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]
 def results_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
     """One row per run folder (every seed), its own values: the per-run CSV."""
     header = ["run", "initialisation", "backbone", "seed"] + [m.label for m in (PRETRAIN_LOSS, *MEASURES)]
+    header += PROVENANCE_HEADER
+    records = provenance_records(runs)
+    same = same_weights(runs, records)
     out = []
     for run in runs:
         seeds = sorted({s for s in (run.seed(st) for st in run.metrics if st != "pretrain") if s is not None})
@@ -241,6 +256,7 @@ def results_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
             [run_name(run), METHOD_NAMES.get(run.method, run.method), _backbone_text(run.size, run.arch)]
             + [",".join(map(str, seeds)) or "n/s"]
             + values
+            + provenance_cells(records[run_name(run)], same[run_name(run)])
         )
     return header, out
 
@@ -354,13 +370,17 @@ LEGEND = (
 )
 
 
-def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = True) -> tuple[str, list[RunResults]]:
+def build_tables(
+    run_dirs: list[str | Path], out: str | Path, stages: bool = True, reference: str = "mae"
+) -> tuple[str, list[RunResults]]:
     """Collect the runs, write the CSV files and the comparison picture; return the Markdown (also tables.md).
 
-    ``stages=False`` leaves the per-stage status table out of the Markdown (the CSV is still written).
+    ``stages=False`` leaves the per-stage status table out of the Markdown (the CSV is still written);
+    ``reference``: the initialisation the comparison's "vs" column compares against (default MAE).
     """
     out = Path(out)
     runs = collect_runs(run_dirs)
+    check_reference(reference, runs)
     rows = build_rows(runs)
     sections = [
         (
@@ -368,7 +388,12 @@ def build_tables(run_dirs: list[str | Path], out: str | Path, stages: bool = Tru
             side_by_side_table(runs, rows),
             "side_by_side.csv",
         ),
-        ("Comparison by task: differences, noise verdicts, protocols", comparison_table(runs, rows), "comparison.csv"),
+        (
+            "Comparison by task: differences, noise verdicts, protocols",
+            comparison_table(runs, rows, reference),
+            "comparison.csv",
+        ),
+        ("Initialisations: where each row's weights came from", provenance_table(runs), "provenance.csv"),
         ("Pretraining runs", pretraining_table(runs), "pretraining.csv"),
         (
             "Position-prediction probe (top-1 / within one cell, % of held-out tokens)",
@@ -411,10 +436,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser("comparison tables from metrics JSON files")
     p.add_argument("run_dirs", nargs="+", help="one folder per initialisation (its seeds' folders below it)")
     p.add_argument("--out", default="report", help="output folder for tables.md and the CSV files")
+    p.add_argument("--reference", default="mae", help="the initialisation the 'vs' column compares against")
     args = p.parse_args(argv)
 
     def tables() -> str:
-        md, _ = build_tables(args.run_dirs, args.out)
+        md, _ = build_tables(args.run_dirs, args.out, reference=args.reference)
         return md + f"\n[tables] wrote {Path(args.out) / 'tables.md'} and CSV files"
 
     return run_command(tables, errors=(MetricsError,))

@@ -88,6 +88,46 @@ def _check_finetuned_probe(data: dict, path: Path) -> None:
         _check_position_probe(row, path)
 
 
+def _percent(v: Any) -> bool:
+    return _is_num(v) and 0 <= v <= 100
+
+
+def _check_lowshot(data: dict, path: Path) -> None:
+    subsets = _require(data, "subsets", path, lambda v: isinstance(v, dict) and len(v) > 0,
+                       "an object of low-shot subsets (1percent, per_class_1 ...)")
+    for name, sub in subsets.items():
+        if not isinstance(sub, dict):
+            raise MetricsError(f"{path}: subsets.{name} must be an object, got {sub!r}")
+        _require(sub, "top1", path, _percent, f"subsets.{name}.top1: a top-1 accuracy in percent (0-100)")
+        _require(sub, "C", path, lambda v: _is_num(v) and v > 0, f"subsets.{name}.C: the chosen C (> 0)")
+        _require(sub, "C_selection", path, lambda v: isinstance(v, str) and v, f"subsets.{name}: how C was chosen")
+
+
+def _check_robustness(data: dict, path: Path) -> None:
+    """Every set's numbers in range, with its protocol; ImageNet-C's per corruption and severity."""
+    sets = _require(data, "sets", path, lambda v: isinstance(v, dict) and len(v) > 0, "an object of evaluated sets")
+    if data.get("clean") is not None:
+        _require(data["clean"], "top1", path, _percent, "clean.top1: a top-1 accuracy in percent")
+    for name, m in sets.items():
+        if not isinstance(m, dict) or "protocol" not in m:
+            raise MetricsError(f"{path}: sets.{name} must be an object with its 'protocol'")
+        if name == "c":
+            top1 = _require(m, "top1", path, lambda v: isinstance(v, dict) and len(v) > 0,
+                            "sets.c.top1: {corruption: {severity: top-1}}")
+            for corruption, sev in top1.items():
+                if not isinstance(sev, dict) or not sev or not all(_percent(x) for x in sev.values()):
+                    raise MetricsError(f"{path}: sets.c.top1.{corruption} must map severities to top-1 in percent")
+            for key in ("mce", "relative_mce", "mean_top1"):
+                _require(m, key, path, _is_num, f"sets.c.{key}: a number or null", nullable=True)
+        elif name == "position":
+            rows = _require(m, "rows", path, lambda v: isinstance(v, dict) and "clean" in v,
+                            "sets.position.rows: {perturbation: {top1, ...}} with a clean row")
+            for row, r in rows.items():
+                _require(r, "top1", path, _percent, f"sets.position.rows.{row}.top1 in percent")
+        else:
+            _require(m, "top1", path, _percent, f"sets.{name}.top1: a top-1 accuracy in percent (0-100)")
+
+
 _CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "pretrain": _check_pretrain,
     "finetune": _check_classification,
@@ -98,6 +138,8 @@ _CHECKS: dict[str, Callable[[dict, Path], None]] = {
     "ade20k_segmentation": _check_segmentation,
     "position_probe": _check_position_probe,
     "finetuned_probe": _check_finetuned_probe,
+    "lowshot": _check_lowshot,
+    "robustness": _check_robustness,
 }
 
 

@@ -37,17 +37,41 @@ def _probe(key: str) -> Callable[[dict], float | None]:
 
 @dataclass(frozen=True)
 class Measure:
-    """One number a stage's metrics give: table label, stage, reader, decimals, paper key."""
+    """One number a stage's metrics give: table label, stage, reader, decimals, paper key.
+
+    ``optional``: a number only some profiles measure (ImageNet-R needs the ImageNet variants); its
+    row is left out of the tables when no initialisation has a value.
+    """
 
     label: str
     stage: str
     read: Callable[[dict], Any]
     digits: int = 1
     paper_key: str | None = None
+    optional: bool = False
 
 
 def _key(name: str) -> Callable[[dict], Any]:
     return lambda m: m.get(name)
+
+
+def _robust(name: str, key: str = "top1") -> Callable[[dict], Any]:
+    """A robustness set's number (``sets.<name>.<key>`` of robustness_metrics.json)."""
+    return lambda m: ((m.get("sets") or {}).get(name) or {}).get(key)
+
+
+def _perturbed(row: str) -> Callable[[dict], Any]:
+    """Top-1 of one position-robustness row (``sets.position.rows.<row>``)."""
+    return lambda m: ((((m.get("sets") or {}).get("position") or {}).get("rows") or {}).get(row) or {}).get("top1")
+
+
+def _lowshot(*subsets: str) -> Callable[[dict], Any]:
+    """Top-1 of the first of ``subsets`` the low-shot metrics have (ImageNet's list, else the demo's per-class draw)."""
+    def read(m: dict) -> Any:
+        found = m.get("subsets") or {}
+        return next(((found[k] or {}).get("top1") for k in subsets if k in found), None)
+
+    return read
 
 
 MEASURES: tuple[Measure, ...] = (
@@ -61,6 +85,18 @@ MEASURES: tuple[Measure, ...] = (
     Measure("ADE mIoU", "segmentation", _key("mIoU"), paper_key="ade_miou"),
     Measure(f"pos. probe top-1 @{PROBE_RATIO:g}", "position_probe", _probe("top1")),
     Measure(f"pos. probe within-1 @{PROBE_RATIO:g}", "position_probe", _probe("within1")),
+    Measure("low-shot 1 % (demo: 1 img/class) top-1", "lowshot", _lowshot("1percent", "per_class_1")),
+    Measure("low-shot 10 % (demo: 10 img/class) top-1", "lowshot", _lowshot("10percent", "per_class_10")),
+    Measure("IN-C mCE (lower is better)", "robustness", _robust("c", "mce"), optional=True),
+    Measure("corrupted val mean top-1", "robustness", _robust("c", "mean_top1")),
+    Measure("IN-V2 top-1", "robustness", _robust("v2"), optional=True),
+    Measure("IN-R top-1", "robustness", _robust("r"), optional=True),
+    Measure("IN-A top-1", "robustness", _robust("a"), optional=True),
+    Measure("IN-Sketch top-1", "robustness", _robust("sketch"), optional=True),
+    Measure("ReaL top-1", "robustness", _robust("real"), optional=True),
+    Measure("patch shuffle (grid) top-1", "robustness", _perturbed("shuffle_grid")),
+    Measure("75 % tokens dropped top-1", "robustness", _perturbed("drop_0.75")),
+    Measure("centre occlusion 50 % top-1", "robustness", _perturbed("occlude_centre_0.5")),
 )
 PRETRAIN_LOSS = Measure("PT final loss", "pretrain", lambda m: (m.get("final") or {}).get("loss"), digits=4)
 
@@ -74,6 +110,12 @@ def _budget(stage: str, m: dict) -> str:
     if stage == "position_probe":
         epochs = (m.get("settings") or {}).get("epochs")
         return f"{epochs} probe epochs" if epochs is not None else "epochs not recorded"
+    if stage == "robustness":
+        images = (m.get("clean") or {}).get("images")
+        return f"sets {', '.join(m.get('sets_requested') or sorted(m.get('sets', {})))}" + (
+            f"; {images} val images" if images else "")
+    if stage == "lowshot":
+        return f"C on a held-out {m.get('holdout', '?')} of each subset, grid {m.get('C_grid', '?')}"
     if m.get("iterations") is not None:
         return f"{m['iterations']} iterations"
     if m.get("epochs") is not None:
@@ -174,6 +216,12 @@ def _check_one_protocol(row: SeedRow) -> None:
             )
         keys[key] = run
     row.protocol = tuple(merged) if row.values else None  # type: ignore[assignment]
+
+
+def shown_measures(rows: dict, measures: tuple[Measure, ...] = MEASURES) -> tuple[Measure, ...]:
+    """``measures`` less the optional ones no initialisation has a value of (the tables' rows)."""
+    return tuple(m for m in measures if not m.optional or any(
+        r.values for (_, label), r in rows.items() if label == m.label))
 
 
 def build_rows(runs: list[RunResults], measures: tuple[Measure, ...] = (*MEASURES, PRETRAIN_LOSS)) -> dict:

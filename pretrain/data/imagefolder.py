@@ -129,13 +129,25 @@ def _upright(img: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(img)
 
 
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A 16-bit greyscale image (PIL modes ``I;16*``, and ``I`` as 16-bit PNGs and TIFFs open) as
+    8-bit ``L``, 0..65535 scaled to 0..255; other images unchanged.
+
+    PIL's own ``convert("RGB")`` clips such pixels at 255, so almost every 16-bit photo
+    would turn pure white."""
+    if not (img.mode.startswith("I;16") or img.mode == "I"):
+        return img
+    wide = np.asarray(img).astype(np.int64).clip(0, 65535)
+    return Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+
+
 def decode_pil(data: bytes | bytearray, path: str | Path = "<bytes>") -> Image.Image:
-    """Decode any PIL-readable image to an upright (EXIF orientation applied) RGB image;
-    failures raise :class:`BadImageError`."""
+    """Decode any PIL-readable image to an upright (EXIF orientation applied) RGB image (16-bit
+    greyscale scaled to 8 bits, :func:`to_8bit`); failures raise :class:`BadImageError`."""
     try:
         img = Image.open(io.BytesIO(data))
         img.load()  # truncated files fail here, not lazily later
-        img = _upright(img)
+        img = to_8bit(_upright(img))
         return img if img.mode == "RGB" else img.convert("RGB")
     except Exception as e:  # PIL raises OSError, UnidentifiedImageError, ValueError, SyntaxError...
         raise BadImageError(path, e) from e
@@ -262,29 +274,84 @@ def find_classes(folder: Path) -> list[str]:
     return classes
 
 
+def walk_images(
+    top: str | os.PathLike, extensions: Sequence[str] = IMG_EXTENSIONS, seen: dict[tuple[int, int], str] | None = None
+) -> tuple[list[str], list[str]]:
+    """(image files below ``top`` in sorted walk order, symlink loops met) with symbolic links followed.
+
+    A folder reached a second time (a link to itself or to an ancestor, or two links to
+    one folder; ``seen`` carries the folders already walked, e.g. the other classes of a
+    split) is not entered again: each file is listed once, and the loop is named as
+    ``link -> the folder it repeats``.
+    """
+    exts = tuple(e.lower() for e in extensions)
+    found: list[str] = []
+    loops: list[str] = []
+    seen = {} if seen is None else seen
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        try:
+            st = os.stat(dirpath)
+        except OSError:
+            dirnames[:] = []
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            loops.append(f"{dirpath} -> {seen[key]}")
+            dirnames[:] = []  # do not descend again
+            continue
+        seen[key] = dirpath
+        dirnames.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(exts)]
+    return found, loops
+
+
+def scan_class_folders(
+    folder: Path, classes: Sequence[str], extensions: Sequence[str] = IMG_EXTENSIONS
+) -> tuple[list[tuple[str, int]], list[str], list[str]]:
+    """(samples as (path, class index), class folders without images, symlink loops met) of a split."""
+    samples: list[tuple[str, int]] = []
+    empty: list[str] = []
+    loops: list[str] = []
+    st = os.stat(folder)
+    seen = {(st.st_dev, st.st_ino): str(folder)}  # a link back to the split, or into another class, repeats files
+    for idx, name in enumerate(classes):
+        found, met = walk_images(folder / name, extensions, seen)
+        if not found:
+            empty.append(str(folder / name))
+        samples += [(p, idx) for p in found]
+        loops += met
+    return samples, empty, loops
+
+
+def split_problems(folder: Path, samples: Sequence, empty: Sequence[str], extensions: Sequence[str] = IMG_EXTENSIONS,
+                   allow_empty: bool = False) -> list[str]:
+    """What makes a split unusable for training or evaluation, one message each: the rule the
+    loaders apply (they raise the first) and the validator reports (all of them)."""
+    exts = tuple(e.lower() for e in extensions)
+    if not samples:
+        return [f"no images ({', '.join(exts)}) found in the class folders of {folder}"]
+    if empty and not allow_empty:
+        more = f" (and {len(empty) - 3} more)" if len(empty) > 3 else ""
+        return [f"class folders without images: {', '.join(empty[:3])}{more}"]
+    return []
+
+
 def scan_samples(
     folder: Path,
     classes: Sequence[str],
     extensions: Sequence[str] = IMG_EXTENSIONS,
     allow_empty: bool = False,
 ) -> list[tuple[str, int]]:
-    """(path, class index) of every image below each class folder, sorted per class."""
-    exts = tuple(e.lower() for e in extensions)
-    samples: list[tuple[str, int]] = []
-    empty = []
-    for idx, name in enumerate(classes):
-        found = []
-        for dirpath, dirnames, filenames in os.walk(folder / name, followlinks=True):
-            dirnames.sort()
-            found += [os.path.join(dirpath, f) for f in sorted(filenames) if f.lower().endswith(exts)]
-        if not found:
-            empty.append(str(folder / name))
-        samples += [(p, idx) for p in found]
-    if not samples:
-        raise FileNotFoundError(f"no images ({', '.join(exts)}) found in the class folders of {folder}")
-    if empty and not allow_empty:
-        more = f" (and {len(empty) - 3} more)" if len(empty) > 3 else ""
-        raise FileNotFoundError(f"class folders without images: {', '.join(empty[:3])}{more}")
+    """(path, class index) of every image below each class folder, sorted per class, each file once
+    (symlink loops are named in a warning and not followed twice)."""
+    samples, empty, loops = scan_class_folders(folder, classes, extensions)
+    problems = split_problems(folder, samples, empty, extensions, allow_empty)
+    if problems:
+        raise FileNotFoundError(problems[0])
+    if loops:
+        more = f" (and {len(loops) - 3} more)" if len(loops) > 3 else ""
+        warnings.warn(f"{folder}: symbolic link loops not followed again (each file counted once): "
+                      f"{', '.join(loops[:3])}{more}", stacklevel=2)
     return samples
 
 

@@ -35,6 +35,8 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
+from .image_shape import shape_problem
+
 ADE_SPLITS = {"training": "training", "validation": "validation"}
 _MAX_LISTED = 20
 
@@ -72,12 +74,35 @@ def validate_coco_json(path: str | os.PathLike, image_root: str | os.PathLike | 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    return validate_coco_dict(read_json_file(path), source=path, image_root=image_root)
+
+
+# magic numbers of the compressed forms annotation files travel in
+_COMPRESSED = {b"\x1f\x8b": "gzip (gunzip it)", b"BZh": "bzip2 (bunzip2 it)", b"\xfd7zXZ": "xz (unxz it)",
+               b"PK\x03\x04": "a zip archive (unzip it)", b"\x28\xb5\x2f\xfd": "zstd (unzstd it)"}
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file as Detectron2 / pycocotools read it (UTF-8 text); a compressed, non-UTF-8,
+    malformed or absurdly nested file is a :class:`DatasetError` naming the file."""
     try:
-        with open(path) as f:
-            data = json.load(f)
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(path, [f"cannot read the file: {exc.strerror or exc}"]) from exc
+    for magic, kind in _COMPRESSED.items():
+        if raw.startswith(magic):
+            raise DatasetError(path, [f"the file is compressed with {kind}: the loaders read plain JSON text"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, [f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}): "
+                                  "COCO json files are UTF-8; re-encode it (e.g. iconv -f latin1 -t utf-8)"]) from exc
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise DatasetError(path, [f"not valid JSON: {exc}"]) from exc
-    return validate_coco_dict(data, source=path, image_root=image_root)
+    except RecursionError as exc:
+        raise DatasetError(path, ["not a COCO file: its JSON is nested too deeply to read"]) from exc
 
 
 def validate_coco_dict(
@@ -111,6 +136,10 @@ def validate_coco_dict(
         for side in ("width", "height"):
             if not _is_int(img.get(side)) or img[side] <= 0:
                 problems.append(f"{where}: '{side}' must be a positive integer, got {img.get(side)!r}")
+        if _is_int(img.get("width")) and _is_int(img.get("height")) and img["width"] > 0 and img["height"] > 0:
+            shape = shape_problem(img["width"], img["height"])  # the loaders' rule (pretrain.data.image_shape)
+            if shape is not None:
+                problems.append(f"{where} {img.get('file_name')}: cannot train on it: {shape}")
         images[iid] = img
 
     categories: dict[int, str] = {}
@@ -142,11 +171,15 @@ def validate_coco_dict(
             problems.append(f"{where}: duplicate annotation id")
         else:
             ann_ids.add(aid)
-        img = images.get(ann.get("image_id"))
-        if img is None:
+        img = images.get(ann.get("image_id")) if _is_int(ann.get("image_id")) else None
+        if not _is_int(ann.get("image_id")):
+            problems.append(f"{where}: image_id must be an integer, got {ann.get('image_id')!r}")
+        elif img is None:
             problems.append(f"{where}: image_id {ann.get('image_id')!r} is not in 'images'")
         cid = ann.get("category_id")
-        if cid not in categories:
+        if not _is_int(cid):
+            problems.append(f"{where}: category_id must be an integer, got {cid!r}")
+        elif cid not in categories:
             problems.append(f"{where}: category_id {cid!r} is not in 'categories' (ids {sorted(categories)[:10]}...)")
         else:
             per_category[cid] += 1
@@ -217,7 +250,12 @@ def _check_segmentation(seg: Any, img: dict | None, where: str) -> list[str]:
     if isinstance(seg, dict):
         if "counts" not in seg or "size" not in seg:
             return [f"{where}: RLE segmentation needs 'counts' and 'size'"]
-        size = seg["size"]
+        size, counts = seg["size"], seg["counts"]
+        if not (isinstance(size, list) and len(size) == 2 and all(_is_int(v) for v in size)):
+            return [f"{where}: RLE 'size' must be [height, width] integers, got {size!r}"]
+        if not (isinstance(counts, str) or (isinstance(counts, list) and all(_is_int(v) and v >= 0 for v in counts))):
+            return [f"{where}: RLE 'counts' must be a compressed string or a list of run lengths, "
+                    f"got {type(counts).__name__}"]
         if img is not None and list(size) != [img.get("height"), img.get("width")]:
             return [f"{where}: RLE size {size} differs from its image's [height, width] "
                     f"[{img.get('height')}, {img.get('width')}]"]
@@ -289,6 +327,9 @@ def _check_label_map(
     if size != image_size:
         out.append(f"{label_path}: size {size[0]} x {size[1]} differs from its image {image_path.name} "
                    f"({image_size[0]} x {image_size[1]} upright, EXIF orientation applied)")
+    shape = shape_problem(*image_size)  # the loaders' rule (pretrain.data.image_shape)
+    if shape is not None:
+        out.append(f"{image_path}: cannot train on it: {shape}")
     counts = np.bincount(array.reshape(-1), minlength=256)
     histogram += counts[:256]
     allowed = np.zeros(256, dtype=bool)
@@ -308,9 +349,13 @@ def validate_imagefolder(root: str | os.PathLike, max_files: int | None = None) 
     flat image folder (COCO's ``train2017/``), fully; returns counts per folder, or raises
     :class:`DatasetError` naming each unreadable file.
 
-    ``max_files`` checks only the first N files per split (sorted).
+    The folder rules are the loaders' own (:func:`pretrain.data.imagefolder.split_problems`):
+    a split without images, or with a class folder without images, is a problem here as it is
+    an error in training; symbolic links are followed, each file once, and the loops met are
+    named in the summary (``symlink_loops``). ``max_files`` checks only the first N files per
+    split (sorted).
     """
-    from .imagefolder import IMG_EXTENSIONS, BadImageError, find_classes, load_image, scan_samples
+    from .imagefolder import IMG_EXTENSIONS, BadImageError, find_classes, load_image, scan_class_folders, split_problems
 
     root = Path(root)
     if not root.is_dir():
@@ -319,14 +364,18 @@ def validate_imagefolder(root: str | os.PathLike, max_files: int | None = None) 
     problems: list[str] = []
     summary: dict[str, Any] = {}
     for folder in splits:
+        loops: list[str] = []
         try:
             if any(e.is_dir() for e in folder.iterdir()):
                 classes = find_classes(folder)
-                samples = scan_samples(folder, classes, allow_empty=True)
+                samples, empty, loops = scan_class_folders(folder, classes)
+                problems += split_problems(folder, samples, empty)
             else:  # a flat folder of images
                 classes = []
                 samples = [(str(p), 0) for p in sorted(folder.iterdir()) if p.suffix.lower() in IMG_EXTENSIONS]
-        except FileNotFoundError as exc:
+                if not samples:
+                    problems.append(f"no images ({', '.join(IMG_EXTENSIONS)}) found in {folder}")
+        except (FileNotFoundError, NotADirectoryError) as exc:
             problems.append(str(exc))
             continue
         if max_files is not None:
@@ -336,7 +385,7 @@ def validate_imagefolder(root: str | os.PathLike, max_files: int | None = None) 
                 load_image(path, "tensor")
             except BadImageError as exc:
                 problems.append(f"{path}: {exc.reason}")
-        summary[folder.name] = {"images": len(samples), "classes": len(classes)}
+        summary[folder.name] = {"images": len(samples), "classes": len(classes), "symlink_loops": loops}
     if problems:
         raise DatasetError(root, problems)
     return summary
@@ -351,7 +400,9 @@ def _summary_line(kind: str, path: str, summary: dict[str, Any]) -> str:
         pairs = ", ".join(f"{k}: {v} pairs" for k, v in summary.items() if isinstance(v, int) and k != "num_classes")
         return f"ok: {path}: {pairs}, {summary['num_classes']} classes, label values {summary['label_values'][:12]}"
     splits = ", ".join(f"{k}: {v['images']} images in {v['classes']} classes" for k, v in summary.items())
-    return f"ok: {path}: {splits}"
+    loops = [loop for v in summary.values() for loop in v.get("symlink_loops", [])]
+    notes = "".join(f"\nnote: symbolic link loop not followed again (each file counted once): {loop}" for loop in loops)
+    return f"ok: {path}: {splits}{notes}"
 
 
 def main(argv: list[str] | None = None) -> int:

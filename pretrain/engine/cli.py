@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, OmegaConf
 
 from ..data.imagefolder import BadImageError
+from ..data.loader_timeout import timed_out_message
 from ..weights import CheckpointError
 from . import distributed as du
 from .config import ConfigError
@@ -38,10 +39,10 @@ def bad_image_error(exc: BaseException) -> str | None:
     if isinstance(exc, BadImageError):
         return str(exc)
     text = str(exc)
-    if isinstance(exc, RuntimeError) and "BadImageError" in text:
-        lines = [ln for ln in text.splitlines() if "BadImageError: " in ln]
+    for name in ("BadImageError: ", "UnusableImageError: "):  # the class and its subclass (image_shape)
+        lines = [ln for ln in text.splitlines() if name in ln] if isinstance(exc, RuntimeError) else []
         if lines:
-            return f"{lines[-1].split('BadImageError: ', 1)[1]} (in a DataLoader worker)"
+            return f"{lines[-1].split(name, 1)[1]} (in a DataLoader worker)"
     return None
 
 
@@ -50,6 +51,9 @@ def explain_failure(exc: BaseException, skip_hint: str = "set data.skip_bad=true
     bad = bad_image_error(exc)
     if bad is not None:
         return f"{bad} ({skip_hint})"
+    hung = timed_out_message(exc)
+    if hung is not None:
+        return hung
     if isinstance(exc, (CheckpointError, NonFiniteLossError, OSError, NotImplementedError)):
         return str(exc)
     text = str(exc)

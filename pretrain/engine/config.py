@@ -18,6 +18,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..atomic import atomic_write_text
 from ..models.registry import method_class, method_names
+from .keep_checkpoints import check_keep_every
+from .monitor_config import check_monitor_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
@@ -167,6 +169,8 @@ def validate(cfg: DictConfig) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
             raise ConfigError(f"config key '{key}' must be null or a positive number, got {value!r}")
     try:
+        check_monitor_config(cfg)  # train.monitor (pretrain.engine.monitor_config)
+        check_keep_every(cfg)
         method_class(cfg.method).check_config(cfg)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None

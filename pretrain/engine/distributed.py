@@ -1,4 +1,9 @@
-"""torch.distributed set-up for runs launched by ``torchrun`` (single or multi node)."""
+"""torch.distributed set-up for runs launched by ``torchrun`` or by SLURM's ``srun`` (single or multi node).
+
+Under ``srun`` without torchrun (a user's own sbatch script: ``srun python -m pretrain.main ...``
+with one task per GPU) the rank, world size, local rank and master address / port come from
+SLURM's variables (:mod:`pretrain.engine.slurm_env`); torchrun's variables win when present.
+"""
 from __future__ import annotations
 
 import datetime
@@ -6,6 +11,8 @@ import os
 
 import torch
 import torch.distributed as dist
+
+from .slurm_env import adopt_slurm_env
 
 
 TIMEOUT_ENV = "PRETRAIN_DIST_TIMEOUT"  # seconds a collective (or the start-up rendezvous) may wait
@@ -30,12 +37,15 @@ def dist_timeout(default_minutes: float = 30.0) -> datetime.timedelta:
 
 
 def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> tuple[int, int, int]:
-    """Join the process group when torchrun set WORLD_SIZE > 1; return (rank, world, local_rank).
+    """Join the process group when torchrun (or srun) set WORLD_SIZE > 1; return (rank, world, local_rank).
 
+    Inside an ``srun`` step of several tasks and without torchrun's variables, those are
+    first filled in from SLURM's (:func:`~pretrain.engine.slurm_env.adopt_slurm_env`).
     The backend is nccl on GPU and gloo on CPU unless given. Collectives and the
     start-up rendezvous time out after :func:`dist_timeout`; a rendezvous that fails
     raises a RuntimeError naming the rank, the world size and the master address.
     """
+    adopt_slurm_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,7 +53,7 @@ def init_distributed(backend: str = "auto", timeout_minutes: float = 30.0) -> tu
         if backend == "auto":
             backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
-            torch.cuda.set_device(local_rank)
+            torch.cuda.set_device(default_device(local_rank))
         timeout = dist_timeout(timeout_minutes)
         try:
             dist.init_process_group(backend=backend, timeout=timeout)
@@ -97,4 +107,8 @@ def cleanup() -> None:
 
 
 def default_device(local_rank: int = 0) -> torch.device:
-    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    """This process's GPU (CPU without one); ``local_rank`` modulo the visible GPUs, since srun's
+    ``--gpus-per-task`` shows each task only its own GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))

@@ -2,9 +2,11 @@
 
 The :class:`~pretrain.engine.trainer.Trainer` calls, for every hook in order,
 ``before_step`` at the start of each optimizer step (after the lr is set, with the
-fractional epoch), ``after_step`` after each optimizer step, and ``after_epoch`` when
+fractional epoch), ``after_step`` after each optimizer step, ``after_epoch`` when
 an epoch has finished, before its checkpoint is written (so what the hook records,
-e.g. an evaluation in the epoch's history, is in that checkpoint).
+e.g. an evaluation in the epoch's history, is in that checkpoint), and ``after_save``
+on every rank once a checkpoint was written (``trainer.last_checkpoint`` on the main
+process; ``trainer.state.iter_in_epoch == 0`` at an epoch's end).
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ class Hook:
         pass
 
     def after_epoch(self, trainer: "Trainer") -> None:
+        pass
+
+    def after_save(self, trainer: "Trainer") -> None:
         pass
 
 

@@ -8,7 +8,8 @@ Sharing this code is what gives every stage the same guarantees:
 
 - a run restarted with the same command resumes from the newest readable
   checkpoint of its folder; unreadable ones are moved aside (``.corrupt``) so they
-  never count as the newest again;
+  never count as the newest again; a run of another checkpoint, recipe or data is
+  refused there, naming what differs (``pretrain.engine.run_identity``);
 - checkpoints of a newer timeline (past the step it resumed from) are moved aside
   (``.discarded``), and ``log.jsonl`` lines written after that step are dropped;
 - temporary files a killed writer left behind are deleted;
@@ -29,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_write_json
 from . import distributed as du
-from .config import save_config
+from .config import ConfigError, save_config
 from .guard import NonFiniteLossError
 from .logger import RunLogger
-from .run_checkpoints import CheckpointManager, load_resume_file
+from .run_checkpoints import CheckpointManager, load_resume_file, peek_resume_file
+from .run_identity import checkpoint_identity, describe, differences, refusal, run_identity
 from .trainer import LoopConfig, Trainer, TrainState
 
 
@@ -108,6 +110,7 @@ class TrainingRun:
         self.manager = CheckpointManager(self.out_dir, keep=int(cfg.train.keep_checkpoints))
         self.logger: RunLogger | None = None
         self.resumed_from: Path | None = None
+        self.identity: dict[str, Any] = {}  # set by prepare_output (main process); carried by every checkpoint
 
     @property
     def main(self) -> bool:
@@ -118,12 +121,39 @@ class TrainingRun:
             print(f"[{self.tag}] {message}", flush=True)
 
     def prepare_output(self) -> RunLogger:
-        """Create the folder, save the resolved config, open the log (main process writes)."""
+        """Refuse to auto-resume a different run's checkpoint; create the folder, save the resolved
+        config, open the log (main process writes)."""
+        self.identity = run_identity(self.cfg, self.env.world) if self.main else {}
+        problem = self._resume_conflict(self.identity) if self.main else None
+        if self.env.world > 1:
+            problem = du.all_gather_object(problem)[0]  # every rank stops on the main process's verdict
+        if problem is not None:
+            raise ConfigError(problem)
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out_dir / "config.yaml")
         self.logger = RunLogger(self.out_dir, enabled=self.main, tensorboard=bool(self.cfg.train.tensorboard))
         return self.logger
+
+    def _resume_conflict(self, identity: dict[str, Any]) -> str | None:
+        """Why this run must not auto-resume its folder (another checkpoint, recipe or data), or None.
+
+        ``train.resume=none`` starts afresh (nothing to compare); ``train.resume=PATH`` resumes
+        that file as told, printing how its run differs."""
+        resume = self.cfg.train.resume
+        if resume in (None, "none", ""):
+            return None
+        # the checkpoint resume() would pick: the newest readable one here, or the named file
+        candidates = self.manager.list() if resume == "auto" else [Path(resume)]
+        ckpt = next((c for c in map(peek_resume_file, candidates) if c is not None), None)
+        stored = checkpoint_identity(ckpt) if ckpt is not None else None
+        diffs = differences(stored, identity) if stored is not None else []
+        if not diffs:
+            return None
+        if resume == "auto":
+            return refusal(self.out_dir, diffs)
+        self.print(f"note: train.resume={resume} continues a run with other settings ({describe(diffs)})")
+        return None
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """DDP across processes (several), then ``torch.compile`` if ``train.compile``."""
@@ -134,8 +164,10 @@ class TrainingRun:
         return torch.compile(wrapped) if self.cfg.train.compile else wrapped
 
     def extra_state(self, **items: Any) -> Callable[[], dict[str, Any]]:
-        """What every checkpoint carries beside the training state: the resolved config and ``items``."""
-        return lambda: {"config": OmegaConf.to_container(self.cfg, resolve=True), **items}
+        """What every checkpoint carries beside the training state: the resolved config, the run's
+        identity (``pretrain.engine.run_identity``) and ``items``."""
+        return lambda: {"config": OmegaConf.to_container(self.cfg, resolve=True), "run_identity": self.identity,
+                        **items}
 
     def resume(self, trainer: Trainer, on_load: Callable[[dict[str, Any]], None] | None = None) -> Path | None:
         """Resume per ``train.resume`` (auto: newest good checkpoint here; a path; none), then

@@ -145,6 +145,20 @@ _NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np.dtypes.I
                         getattr(np, "_core", np.core).multiarray._reconstruct]
 
 
+def peek_resume_file(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A training checkpoint's entries without reading its tensors (memory-mapped, weights-only), or
+    None when it is not a readable checkpoint of ours: what a run checks before it resumes one."""
+    try:
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an old (non-zip) file: read it whole; a bad one: not resumable
+        try:
+            state = load_resume_file(path)
+        except CheckpointError:
+            return None
+    return state if isinstance(state, dict) and "train_state" in state else None
+
+
 def load_resume_file(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a full training checkpoint (our own format, including RNG and optimizer).
 

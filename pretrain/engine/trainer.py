@@ -79,7 +79,8 @@ class Trainer:
         cfg: loop settings.
         checkpoints: where to save; ``extra_state`` adds items (config, method).
         hooks: :class:`~pretrain.engine.hooks.Hook` s called before / after each optimizer
-            step and after each epoch (method schedules, EMA, evaluation).
+            step, after each epoch and after each checkpoint (method schedules, EMA,
+            evaluation, online monitors, kept checkpoints).
         generators: per-process random generators (e.g. a mask generator) saved and
             restored per rank, like the global RNGs.
         rank_extra: per-process values (counters) saved per rank; after a resume the
@@ -203,6 +204,8 @@ class Trainer:
                 raise CheckpointError(f"checkpoint write failed on the main process: {failures[0]}")
         if error is not None:
             raise error
+        for hook in self.hooks:
+            hook.after_save(self)
 
     # -------------------------------------------------------------- the loop
     def fit(self) -> TrainState:

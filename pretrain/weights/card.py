@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,42 @@ def position_embedding_kind(encoder: dict[str, torch.Tensor]) -> dict[str, Any]:
             "absolute_table": "pos_embed" in encoder}
 
 
+def patch_grid(encoder: dict[str, torch.Tensor]) -> tuple[int, int] | None:
+    """The (rows, cols) patch grid the encoder was trained on, or None when its tables do not say.
+
+    From the absolute position table (a cls row plus a square grid); an encoder without one
+    (BEiT) from its relative bias table, ``(2h - 1)(2w - 1) + 3`` rows for a square grid. A
+    table whose rows are no square grid (non-square training size) gives None: the grid
+    cannot be told from the row count alone.
+    """
+    if "pos_embed" in encoder:
+        rows = int(encoder["pos_embed"].shape[1])
+        side = math.isqrt(max(rows - 1, 0))
+        return (side, side) if side and side * side == rows - 1 else None
+    table = next((v for k, v in encoder.items() if k.endswith("attn.relative_position_bias_table")), None)
+    if table is not None:
+        span = math.isqrt(max(int(table.shape[0]) - 3, 0))
+        if span * span == int(table.shape[0]) - 3 and span % 2 == 1:
+            return ((span + 1) // 2, (span + 1) // 2)
+    return None
+
+
+def method_from_keys(state: dict[str, torch.Tensor]) -> str | None:
+    """The pretraining method a checkpoint's own keys show (its heads and tokens), or None.
+
+    DropPos has ``mask_pos_token``; AdPE's adversaries have ``adv_*`` parameters; a masked
+    decoder with a ``mask_token`` and nothing else is MAE (AdPE's MAE+ has the same keys:
+    the card's ``method_from`` says so)."""
+    keys = {k[len("encoder."):] if k.startswith("encoder.") else k for k in state}
+    if "mask_pos_token" in keys:
+        return "droppos"
+    if any(re.search(r"(^|\.)adv_", k) for k in keys):
+        return "adpe"
+    if "mask_token" in keys and any(k.startswith("decoder_") for k in keys):
+        return "mae"
+    return None
+
+
 def _metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     """The numbers worth carrying: the final epoch's stats and the run's size, no history."""
     if not metrics:
@@ -84,8 +122,10 @@ def build_card(
     encoder: dict[str, torch.Tensor],
     source_format: str,
     target: str,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
-    """The card of ``encoder`` exported from ``src`` (the loaded ``ckpt``) to ``target``."""
+    """The card of ``encoder`` exported from ``src`` (the loaded ``ckpt``; ``state``: its weights,
+    which tell the method when no config sits beside it) to ``target``."""
     src = Path(src)
     old = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else None
     if old is None and src.suffix != CARD_SUFFIX:
@@ -104,17 +144,21 @@ def build_card(
     method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else config.get("method") or metrics.get("method")
     if method is None and source_format in ("droppos", "mae", "adpe"):
         method = source_format
+    method_from = "config" if method is not None else None
+    if method is None and state is not None:
+        method = method_from_keys(state)
+        method_from = {None: None, "mae": "keys (AdPE's MAE+ has the same keys as MAE)"}.get(method, "keys")
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     epochs = train.get("epochs", metrics.get("epochs", ckpt.get("epoch")))
     patch = int(encoder["patch_embed.proj.weight"].shape[-1])
-    rows = int(encoder["pos_embed"].shape[1]) - 1 if "pos_embed" in encoder else None
-    side = int(round(rows ** 0.5)) if rows else None
+    grid = patch_grid(encoder)
     return {
         "card_version": CARD_VERSION,
         "method": method or "unknown",
+        "method_from": method_from,
         "recipe": recipe or config.get("recipe"),
         "epochs": epochs if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else None,
-        "img_size": arch.get("img_size", side * patch if side else None),
+        "img_size": arch.get("img_size", grid[0] * patch if grid and grid[0] == grid[1] else None),
         "patch_size": patch,
         "embed_dim": int(encoder["patch_embed.proj.weight"].shape[0]),
         "depth": 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks.")),

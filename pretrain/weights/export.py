@@ -1,51 +1,58 @@
 """Export an encoder for timm, safetensors, Detectron2 or MMSegmentation, with its card.
 
 Every target starts from the same timm-named encoder (``pretrain.weights.load_encoder``
-of any supported source) and writes one file plus ``<DST>.card.json``:
+of any supported source), laid out by ``pretrain.weights.targets`` (names, what is
+folded, filled, kept aside or refused, and how the target's library loads the file),
+and writes one file plus ``<DST>.card.json``:
 
-- ``timm``: ``{'model': weights, 'card': card}`` (``.pth``), which
-  ``timm.create_model(name, pretrained=True, num_classes=0,
-  pretrained_cfg_overlay=dict(file=DST, num_classes=0))`` loads strictly;
-- ``safetensors``: the flat weights, the card as JSON in the metadata
-  (``droppos_card``); a safetensors file without one is refused on reading;
-- ``detectron2``: ``{'model': {'backbone.net.<timm name>': ...}}`` for this suite's
-  ViTDet (and ViTDet's own names), layer scale folded into the weights (exact);
-- ``mmseg``: an MMEngine checkpoint ``{'state_dict': {'backbone.<timm name>': ...},
-  'meta': {...}}`` for this suite's UperNet backbone (MAE recipe).
+- ``timm``: ``{'model': weights, 'card': card}`` (``.pth``), loaded strictly by
+  ``timm.create_model(name, pretrained=True, num_classes=0, img_size=..., patch_size=...,
+  pretrained_cfg_overlay=dict(file=DST, num_classes=0))``;
+- ``safetensors``: the flat weights, the card as JSON in the metadata (``droppos_card``);
+  a safetensors file without one is refused on reading;
+- ``detectron2``: ``{'model': {'backbone.net.<timm name>': ...}}`` for this suite's ViTDet;
+- ``mmseg`` / ``mmseg-vit``: ``{'state_dict': {<MMSeg name>: ...}, 'meta': {...}}`` for
+  MMSegmentation's own ``MAE`` / ``VisionTransformer`` backbone
+  (``init_cfg=dict(type='Pretrained', checkpoint=DST)``);
+- ``droppos-upernet``: ``{'state_dict': {'backbone.<timm name>': ...}}`` for this suite's UperNet.
 
-What a target has no place for (ViTDet: cls token, final norm, BEiT / iRPE relative
-tables; the UperNet backbone: final norm, decomposed / iRPE tables) travels under
-``droppos_extras`` and is named in the card's ``target_notes``, so an import gets it back.
+What a target has no place for travels under ``droppos_extras`` and is named in the card's
+``target_notes`` (and on screen when it is a learned weight the target will not use).
+
+Every check comes before any write: the destination is neither the source nor its card,
+neither it nor its card exists (unless ``overwrite``) or is a folder; the target can hold
+the encoder. The files are written in a hidden folder beside the destination, checked
+there (``verify``, e.g. a strict timm build), then moved into place: a failed check or
+write leaves nothing behind, and an OS error is one :class:`CheckpointError` line.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from ..atomic import atomic_write
-from .loading import group_keys
-from .card import CARD_METADATA_KEY, build_card, write_card
+from .card import CARD_METADATA_KEY, build_card, card_path, write_card
 from .read import EXTRAS_KEY, CheckpointError, atomic_torch_save, detect_format, encoder_state_dict, \
     load_checkpoint_file, model_state
-
-DETECTRON2_PREFIX = "backbone.net."
-MMSEG_PREFIX = "backbone."
+from .targets import TARGETS, Plan, fold_layer_scale, grid_note, plan_target  # noqa: F401 (fold_layer_scale re-exported)
 
 
 @dataclass
 class Export:
-    """What an export wrote: the encoder (timm names), its card, the files."""
+    """What an export wrote: the encoder (timm names), its card, the files, and what to tell the user."""
 
     encoder: dict[str, torch.Tensor]
     card: dict[str, Any]
     source_format: str
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+    load_with: str = ""
 
 
 def _plain(encoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -61,106 +68,121 @@ def write_safetensors(path: str | os.PathLike, encoder: dict[str, torch.Tensor],
     atomic_write(path, lambda f: f.write(blob))
 
 
-# Encoder parts a target has no place for: (glob pattern, why). They travel under
-# ``droppos_extras`` (prefixed like the rest) and are named in the card.
-TARGET_LACKS: dict[str, list[tuple[str, str]]] = {
-    "timm": [],
-    "safetensors": [],
-    "detectron2": [
-        ("cls_token", "ViTDet has no cls token"),
-        ("norm.*", "ViTDet has no final norm"),
-        ("blocks.*.attn.relative_position_bias_table", "BEiT-style relative bias: ViTDet uses decomposed tables"),
-        ("blocks.*.attn.rpe_k.*", "contextual (iRPE) relative position: ViTDet has none"),
-    ],
-    "mmseg": [
-        ("norm.*", "the MAE-recipe backbone has no final norm"),
-        ("blocks.*.attn.rel_pos_*", "decomposed (ViTDet) relative tables: the backbone uses a BEiT bias table"),
-        ("blocks.*.attn.rpe_k.*", "contextual (iRPE) relative position: the backbone has none"),
-    ],
-}
-PREFIX = {"timm": "", "safetensors": "", "detectron2": DETECTRON2_PREFIX, "mmseg": MMSEG_PREFIX}
+def _write_timm(dst: Path, plan: Plan, card: dict[str, Any]) -> None:
+    atomic_torch_save({"model": plan.take, "card": card, "format": "droppos-backbone"}, dst)
 
 
-def fold_layer_scale(encoder: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """Multiply ``ls1``/``ls2`` gammas into ``attn.proj`` / ``mlp.fc2`` (exact) for targets without layer scale."""
-    out = dict(encoder)
-    folded = 0
-    for key in [k for k in encoder if k.endswith((".ls1.gamma", ".ls2.gamma"))]:
-        block = key.rsplit(".", 2)[0]
-        layer = f"{block}.attn.proj" if ".ls1." in key else f"{block}.mlp.fc2"
-        gamma = out.pop(key).float()
-        weight = out[f"{layer}.weight"]
-        out[f"{layer}.weight"] = (weight.float() * gamma[:, None]).to(weight.dtype)
-        if f"{layer}.bias" in out:
-            bias = out[f"{layer}.bias"]
-            out[f"{layer}.bias"] = (bias.float() * gamma).to(bias.dtype)
-        folded += 1
-    return out, folded
+def _write_safetensors(dst: Path, plan: Plan, card: dict[str, Any]) -> None:
+    write_safetensors(dst, plan.take, card)
 
 
-def plan_target(encoder: dict[str, torch.Tensor], to: str) -> tuple[dict, dict, dict[str, str]]:
-    """(weights the target takes, weights kept aside, notes for the card), in the target's names."""
-    notes: dict[str, str] = {}
-    if to == "detectron2":
-        encoder, folded = fold_layer_scale(encoder)
-        if folded:
-            notes["layer scale folded"] = f"{folded} gammas multiplied into attn.proj / mlp.fc2 (exact; ViTDet has none)"
-    prefix, take, aside, by_reason = PREFIX[to], {}, {}, {}
-    for key, value in encoder.items():
-        why = next((why for pattern, why in TARGET_LACKS[to] if fnmatch.fnmatchcase(key, pattern)), None)
-        if why is None:
-            take[prefix + key] = value
-        else:
-            aside[prefix + key] = value
-            by_reason.setdefault(why, []).append(key)
-    notes.update({f"kept aside: {why}": group_keys(keys) for why, keys in by_reason.items()})
-    return take, aside, notes
-
-
-def _write_timm(dst: Path, model: dict, aside: dict, card: dict[str, Any]) -> None:
-    atomic_torch_save({"model": model, "card": card, "format": "droppos-backbone"}, dst)
-
-
-def _write_safetensors(dst: Path, model: dict, aside: dict, card: dict[str, Any]) -> None:
-    write_safetensors(dst, model, card)
-
-
-def _write_detectron2(dst: Path, model: dict, aside: dict, card: dict[str, Any]) -> None:
-    atomic_torch_save({"model": model, EXTRAS_KEY: aside, "card": card, "__author__": "droppos",
+def _write_detectron2(dst: Path, plan: Plan, card: dict[str, Any]) -> None:
+    atomic_torch_save({"model": plan.take, EXTRAS_KEY: plan.aside, "card": card, "__author__": "droppos",
                        "matching_heuristics": False}, dst)
 
 
-def _write_mmseg(dst: Path, model: dict, aside: dict, card: dict[str, Any]) -> None:
-    atomic_torch_save({"state_dict": model, EXTRAS_KEY: aside, "card": card,
+def _write_mmengine(dst: Path, plan: Plan, card: dict[str, Any]) -> None:
+    atomic_torch_save({"state_dict": plan.take, EXTRAS_KEY: plan.aside, "card": card,
                        "meta": {"droppos_card": json.dumps(card)}}, dst)
 
 
-WRITERS: dict[str, Callable[[Path, dict, dict, dict[str, Any]], None]] = {
+WRITERS: dict[str, Callable[[Path, Plan, dict[str, Any]], None]] = {
     "timm": _write_timm,
     "safetensors": _write_safetensors,
     "detectron2": _write_detectron2,
-    "mmseg": _write_mmseg,
+    "mmseg": _write_mmengine,
+    "mmseg-vit": _write_mmengine,
+    "droppos-upernet": _write_mmengine,
 }
 
 
-def export_weights(src: str | os.PathLike, dst: str | os.PathLike, to: str = "timm") -> Export:
-    """Read any supported ``src``, write its encoder for ``to`` at ``dst`` and the card beside it."""
+def check_destination(src: Path, dst: Path, overwrite: bool = False) -> None:
+    """Refuse, before anything is read or written, a destination that would replace the source or its
+    card, is a folder, lies below a file, or exists (its card too) without ``overwrite``."""
+    card = card_path(dst)
+    sources = {src.resolve(), card_path(src).resolve()}
+    for path in (dst, card):
+        if path.resolve() in sources:
+            raise CheckpointError(f"{path}: the export would overwrite its source {src} or the source's card; "
+                                  "choose another DST")
+        if path.is_dir():
+            raise CheckpointError(f"{path} is a folder; give DST as a file name")
+    parent = next((p for p in dst.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CheckpointError(f"cannot write {dst}: {parent} is a file, not a folder")
+    if not overwrite:
+        existing = [p for p in (dst, card) if p.exists()]
+        if existing:
+            raise CheckpointError(f"{existing[0]} exists; pass --overwrite (overwrite=True) to replace it")
+
+
+def _staged_write(dst: Path, write: Callable[[Path, Path], None], verify: Callable[[Path], None] | None) -> None:
+    """``write(weights, card)`` into a hidden folder beside ``dst``, ``verify(weights)``, then move both into place."""
+    stage = dst.parent / f".{dst.name}.export{os.getpid()}"
+    try:
+        try:
+            stage.mkdir(parents=True, exist_ok=True)
+            weights, card = stage / dst.name, stage / card_path(dst).name
+            write(weights, card)
+        except CheckpointError as exc:  # atomic_torch_save names the staged file: name the destination
+            cause = exc.__cause__
+            if isinstance(cause, OSError):
+                raise CheckpointError(f"could not write {dst}: {cause.strerror or cause}") from cause
+            raise
+        except OSError as exc:
+            raise CheckpointError(f"could not write {dst}: {exc.strerror or exc}") from exc
+        if verify is not None:
+            verify(weights)
+        try:
+            os.replace(weights, dst)
+            os.replace(card, card_path(dst))
+        except OSError as exc:
+            raise CheckpointError(f"could not write {dst}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def export_weights(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    to: str = "timm",
+    overwrite: bool = False,
+    verify: Callable[[Path], None] | None = None,
+) -> Export:
+    """Read any supported ``src``, write its encoder for ``to`` at ``dst`` and the card beside it.
+
+    ``verify(path)`` checks the written file before it is moved to ``dst`` (raise CheckpointError to
+    refuse it: nothing is left behind)."""
     if to not in WRITERS:
-        raise ValueError(f"unknown export target {to!r}; choose one of {sorted(WRITERS)}")
+        raise ValueError(f"unknown export target {to!r}; choose one of {list(TARGETS)}")
     src, dst = Path(src), Path(dst)
-    if src.resolve() == dst.resolve():
-        raise CheckpointError(f"{dst}: the export would overwrite its source; choose another DST")
+    check_destination(src, dst, overwrite)
     ckpt = load_checkpoint_file(src)
     state = model_state(ckpt, src)
     fmt = detect_format(state, src)
     encoder = encoder_state_dict(state, src)
-    card = build_card(src, ckpt, encoder, fmt, to)
-    model, aside, notes = plan_target(encoder, to)
-    card = {**card, "target_notes": notes} if notes else {k: v for k, v in card.items() if k != "target_notes"}
-    WRITERS[to](dst, model, aside, card)
-    return Export(encoder, card, fmt, [dst, write_card(dst, card)])
+    plan = plan_target(encoder, to, str(src))
+    card = build_card(src, ckpt, encoder, fmt, to, state)
+    notes = dict(plan.notes)
+    if grid_note(encoder):
+        notes["image size"] = grid_note(encoder)
+    card = {k: v for k, v in card.items() if k not in ("target_notes", "target_config", "load_with")}
+    card.update({"exported_to": to, "load_with": plan.load_with.replace("{dst}", dst.name)})
+    if notes:
+        card["target_notes"] = notes
+    if plan.config:
+        card["target_config"] = plan.config
+
+    def write(weights: Path, card_file: Path) -> None:
+        WRITERS[to](weights, plan, card)
+        write_card(weights, card)  # beside the staged weights: <name>.card.json
+
+    _staged_write(dst, write, verify)
+    return Export(encoder, card, fmt, [dst, card_path(dst)], list(plan.warnings),
+                  plan.load_with.replace("{dst}", str(dst)))
 
 
 def export_backbone(src: str | os.PathLike, dst: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Write an encoder-only file (``{'model': timm-named weights, 'card': ...}``) and its card from any checkpoint."""
-    return export_weights(src, dst, "timm").encoder
+    """Write an encoder-only file (``{'model': timm-named weights, 'card': ...}``) and its card from any
+    checkpoint, replacing an earlier one (a run's own ``backbone.pth``)."""
+    return export_weights(src, dst, "timm", overwrite=True).encoder

@@ -8,9 +8,10 @@ package's prefix and sometimes under its own names:
   keeps its cls row); decomposed relative-position tables ``attn.rel_pos_h/w``;
 - MMEngine checkpoints of an MMSegmentation segmentor (``iter_*.pth``, this suite's
   UperNet): ``backbone.<timm name>`` under ``state_dict``;
-- MMSegmentation's own MAE / BEiT backbone (model-zoo files, flat or under
-  ``backbone.``): ``layers.i.ln1``, ``attn.q_bias``/``v_bias``,
-  ``ffn.layers.0.0``, ``gamma_1``, ``patch_embed.projection``, final norm ``ln1``.
+- MMSegmentation's own MAE / BEiT / VisionTransformer backbone (model-zoo files, flat or
+  under ``backbone.``; this suite's ``--to mmseg`` / ``mmseg-vit`` exports): ``layers.i.ln1``,
+  ``attn.q_bias``/``v_bias``, ``attn.attn.in_proj_*`` / ``out_proj``, ``ffn.layers.0.0``,
+  ``gamma_1``, ``patch_embed.projection``, final norm ``ln1``.
 
 :func:`layouts_of` names the layouts a state dict shows; :func:`to_timm_names`
 returns its encoder part under timm names (heads, necks and buffers left out).
@@ -31,6 +32,9 @@ _MMSEG_BLOCK_NAMES = [
     (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
     (r"\.gamma_1$", ".ls1.gamma"),
     (r"\.gamma_2$", ".ls2.gamma"),
+    (r"\.attn\.attn\.in_proj_weight$", ".attn.qkv.weight"),  # MMSeg's VisionTransformer (nn.MultiheadAttention)
+    (r"\.attn\.attn\.in_proj_bias$", ".attn.qkv.bias"),
+    (r"\.attn\.attn\.out_proj\.", ".attn.proj."),
 ]
 _MMSEG_TOP_NAMES = {"patch_embed.projection.weight": "patch_embed.proj.weight",
                     "patch_embed.projection.bias": "patch_embed.proj.bias",
@@ -81,6 +85,23 @@ def mmseg_mae_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     for attn, qv in biases.items():
         q, v = qv["q"], qv.get("v", torch.zeros_like(qv["q"]))
         out[f"{attn}.qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    return _exact_simplifications(out)
+
+
+def _exact_simplifications(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What changes no feature, made explicit for timm-named loaders: layer-scale gammas that are all 1
+    and relative bias tables that are all 0 (an MMSeg MAE backbone's own fill for an encoder without
+    them) are left out; a patch embedding without bias (MMSeg's VisionTransformer default) gets a zero one."""
+    out = {}
+    for key, value in state.items():
+        if key.endswith((".ls1.gamma", ".ls2.gamma")) and bool((value == 1).all()):
+            continue
+        if key.endswith(".attn.relative_position_bias_table") and not value.any():
+            continue
+        out[key] = value
+    weight = out.get("patch_embed.proj.weight")
+    if weight is not None and "patch_embed.proj.bias" not in out:
+        out["patch_embed.proj.bias"] = torch.zeros(weight.shape[0], dtype=weight.dtype)
     return out
 
 

@@ -188,7 +188,27 @@ def encoder_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike =
             f"{path}: no ViT encoder weights found (expected patch_embed.proj.weight and blocks.*); "
             f"first keys: {sorted(state)[:8]}"
         )
+    check_weight_values(out, path)
     return out
+
+
+def check_weight_values(state: dict[str, torch.Tensor], path: str | os.PathLike = "<dict>") -> None:
+    """Refuse encoder weights that are not floating point or not finite, naming the file and tensors.
+
+    An int32 file (a cast by mistake, or not weights at all) would otherwise load "strictly"
+    (load_state_dict copies integers into float parameters) and give features of truncated
+    weights; a NaN or Inf anywhere makes every feature NaN."""
+    not_float = [f"{k} ({str(v.dtype).replace('torch.', '')})" for k, v in sorted(state.items())
+                 if not (v.is_floating_point() or v.is_complex())]
+    if not_float:
+        more = f" and {len(not_float) - 4} more" if len(not_float) > 4 else ""
+        raise CheckpointError(f"{path}: encoder weights must be floating point; {len(not_float)} tensors are not: "
+                              f"{', '.join(not_float[:4])}{more}")
+    bad = [k for k, v in sorted(state.items()) if not v.is_meta and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 4} more" if len(bad) > 4 else ""
+        raise CheckpointError(f"{path}: encoder weights hold NaN or Inf values in {len(bad)} tensors: "
+                              f"{', '.join(bad[:4])}{more}")
 
 
 def load_encoder(path: str | os.PathLike) -> dict[str, torch.Tensor]:
