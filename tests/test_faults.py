@@ -495,9 +495,9 @@ def test_ade20k_validator(coco_ade, tmp_path):
     ("train.batch_size=eight", r"'train.batch_size' must be int"),
     ("droppos.mask_ratio=1.5", r"'droppos.mask_ratio' must lie strictly between 0 and 1"),
     ("droppos.pos_drop_ratio=0", r"'droppos.pos_drop_ratio' must lie strictly between 0 and 1"),
-    ("mae.mask_ratio=-0.1", r"'mae.mask_ratio' must lie strictly between 0 and 1"),
+    ("droppos.tau=0", r"'droppos.tau' must be >= 0.0229885"),
     ("model.patch_size=7", r"model.img_size \(32\) must be a positive multiple of model.patch_size \(7\)"),
-    ("droppos.mask_ratio=0.95", r"leaves no visible patch of the 16"),
+    ("droppos.mask_ratio=0.95", r"'droppos.mask_ratio'=0.95 keeps 0 of the 16 patches"),
     ("train.batch_size=64", r"48 images give 0 batches of train.batch_size=64"),
 ])
 def test_bad_config_rejected_before_any_work(data, tmp_path, capsys, override, match):
