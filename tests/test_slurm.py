@@ -38,7 +38,8 @@ from pretrain.engine.total_batch import TotalBatchError, plan_total_batch
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tools" / "slurm_local.sh"
 TINY = ["data.limit=40", "train.batch_size=8", "train.save_every_steps=2", "train.log_every=1"]
-SHORT, LONG = "train.epochs=3", "train.epochs=16"  # 15 steps (~7 s); 80 steps (~35 s: past a time-limit signal)
+SHORT = "train.epochs=3"  # 15 steps of 8 images (40 images: 5 steps an epoch)
+PAST_SIGNAL_S = 55  # (c) trains this long: past the time-limit signal, which SLURM sends 20-50 s into a 1-min job
 STAGES = "pretrain,knn,linear_probe"
 
 
@@ -285,17 +286,22 @@ def test_srun_tasks_join_one_process_group_without_torchrun(slurm, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def timelimit_run(slurm, demo):
-    """(c), submitted before the others: 80 pretraining steps under a 1-minute limit, signal 10 s before it."""
+def timelimit_run(slurm, demo, local_run):
+    """(c), submitted before the other jobs: a 1-minute limit, the signal 10 s before it, and enough epochs to train
+    ``PAST_SIGNAL_S`` seconds at the speed the local run measured (the machine's load varies)."""
     out = demo["root"] / "timelimit"
-    demo["mp"].setitem(profiles.PROFILES["demo"], "pretrain", {"mae": ("mae_vit_tiny_builtin.yaml", [LONG, *TINY])})
+    rows = [json.loads(line) for line in (local_run / "mae" / "pretrain" / "log.jsonl").read_text().splitlines()]
+    times = sorted(b["time"] - a["time"] for a, b in zip(rows, rows[1:]) if a.get("phase") == b.get("phase") == "train")
+    epochs = max(4, min(400, int(PAST_SIGNAL_S / times[len(times) // 2] / 5) + 1))
+    long = f"train.epochs={epochs}"
+    demo["mp"].setitem(profiles.PROFILES["demo"], "pretrain", {"mae": ("mae_vit_tiny_builtin.yaml", [long, *TINY])})
     try:
         assert run(demo, out, "--stages", "pretrain", "--launcher", "slurm", "--time-limit", "1",
                    "--signal-delay", "10") == 0
     finally:
         demo["mp"].setitem(profiles.PROFILES["demo"], "pretrain", {"mae": ("mae_vit_tiny_builtin.yaml", [SHORT, *TINY])})
     skip_report(out)
-    return out
+    return out, epochs
 
 
 @pytest.fixture(scope="module")
@@ -379,11 +385,11 @@ def test_d_status_shows_a_failed_stage_and_resubmit_finishes_it(requeued_run, de
 
 
 def test_c_job_at_its_time_limit_requeues_and_finishes(timelimit_run):
-    out = timelimit_run
+    out, epochs = timelimit_run
     wait_jobs(out, timeout=300)
     job = read_jobs(out)["stages"]["mae/pretrain"]["job_id"]
     log = (out / "slurm" / job / f"{job}_0_log.out").read_text()
     assert "this job is timed-out" in log and "Requeued job" in log and log.count("Starting with JobEnvironment") >= 2
     metrics = json.loads((out / "mae" / "pretrain" / "pretrain_metrics.json").read_text())
-    assert metrics["epochs_done"] == metrics["epochs"] == 16
-    assert [s for s, _ in losses(out)] == list(range(1, 81))
+    assert metrics["epochs_done"] == metrics["epochs"] == epochs
+    assert [s for s, _ in losses(out)] == list(range(1, 5 * epochs + 1))
