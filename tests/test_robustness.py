@@ -531,22 +531,26 @@ def test_partial_or_corrupt_metrics_are_not_a_finished_stage(tmp_path):
     assert "10 of 30 iterations" in unfinished_reason(seg)
 
 
-def reproduce_stub(out: Path, name: str, metrics: dict, nap: float = 0.0):
-    """A stage whose process writes a cut-short metrics file, naps, then writes the whole file."""
+def reproduce_stub(out: Path, name: str, metrics: dict, nap: float | None = 0.0):
+    """A stage whose process writes a cut-short metrics file, naps, then writes the whole file.
+
+    The nap comes from the stage's environment (``STAGE_NAP`` when ``nap`` is None), not its argv: the
+    rerun must ask for the same command, or skip-if-done rightly treats it as a stage with other inputs.
+    """
     from analysis.reproduce.stages import METRICS, Stage
 
     path = out / "droppos" / name / METRICS[name]
-    code = (f"import json, pathlib, time; p = pathlib.Path({str(path)!r}); p.parent.mkdir(parents=True, exist_ok=True); "
-            f"p.write_text(json.dumps({metrics!r})[:20]); time.sleep({nap}); p.write_text(json.dumps({metrics!r}))")
+    sleep = "float(os.environ.get('STAGE_NAP', '0'))" if nap is None else repr(nap)
+    code = (f"import json, os, pathlib, time; p = pathlib.Path({str(path)!r}); p.parent.mkdir(parents=True, exist_ok=True); "
+            f"p.write_text(json.dumps({metrics!r})[:20]); time.sleep({sleep}); p.write_text(json.dumps({metrics!r}))")
     return Stage("droppos", name, [sys.executable, "-c", code], path)
 
 
 def fake_stages(args, out: Path, methods) -> list:
-    nap = float(os.environ.get("STAGE_NAP", "0"))
     pretrain = {"task": "pretrain", "method": "droppos", "arch": "vit_tiny_patch8_64", "epochs": 1, "epochs_done": 1,
                 "final": {"loss": 1.0}, "cost": {"gpu_hours": 0, "cpu_minutes": 0.1}}
     return [reproduce_stub(out, "pretrain", pretrain),
-            reproduce_stub(out, "finetune", {"task": "finetune", "top1": 71.0, "top5": 99.0}, nap)]
+            reproduce_stub(out, "finetune", {"task": "finetune", "top1": 71.0, "top5": 99.0}, None)]
 
 
 REPRODUCE = f"""
