@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,6 +50,12 @@ def files(tmp_path_factory) -> dict[str, Path]:
                        "method": "mine"}, root / "mine_backbone.pth")
     out["mine"] = root / "mine.safetensors"
     export_weights(root / "mine_backbone.pth", out["mine"], "safetensors")
+    from safetensors.torch import save_file  # timm's own .safetensors: a plain state dict, no card
+
+    torch.manual_seed(4)
+    timm_vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=64, patch_size=8, num_classes=0)
+    out["timm"] = root / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in timm_vit.state_dict().items()}, str(out["timm"]))
     return out
 
 
@@ -66,13 +73,14 @@ def test_released_layouts_side_by_side_with_provenance(files, tmp_path, monkeypa
     monkeypatch.setattr(reproduce, "prepare_data", lambda root: None)  # the tiny data set is there
     out = tmp_path / "demo"
     inits = [f"--init=mae={files['mae']}", f"--init=droppos_rel={files['droppos']}",
-             f"--init=adpe_rel={files['adpe']}", f"--init=mine={files['mine']}", f"--init=mae_copy={files['mae']}"]
+             f"--init=adpe_rel={files['adpe']}", f"--init=mine={files['mine']}", f"--init=mae_copy={files['mae']}",
+             f"--init=timm_vit={files['timm']}"]
     assert run(files, out, *inits, "--stages", "knn", "--reference", "droppos_rel") == 0
     log = capsys.readouterr().out
     assert "[reproduce] --init mae_copy: " in log and "the same weights as mae" in log
     assert "pretrain" not in {p.name for p in out.glob("*/*")}  # no pretraining for an --init
     rows = {r["run"]: r for r in read_csv(out / "report" / "results.csv")}
-    assert set(rows) == {"mae", "droppos_rel", "adpe_rel", "mine", "mae_copy"}
+    assert set(rows) == {"mae", "droppos_rel", "adpe_rel", "mine", "mae_copy", "timm_vit"}
     for name, row in rows.items():
         assert float(row["k-NN top-1"]) > 0 and row["LP top-1"] == "—", row
         assert len(row["sha256"]) == 64 and row["architecture"].startswith("ViT-Ti/8")
@@ -80,6 +88,7 @@ def test_released_layouts_side_by_side_with_provenance(files, tmp_path, monkeypa
     assert (rows["mae"]["format"], rows["droppos_rel"]["format"], rows["adpe_rel"]["format"]) == (
         "backbone", "droppos", "adpe")
     assert rows["mine"]["format"] == "backbone .safetensors" and "exported_to safetensors" in rows["mine"]["card"]
+    assert rows["timm_vit"]["card"] == "none" and rows["timm_vit"]["source file"].endswith("model.safetensors")
     assert rows["mae"]["card"] == "none" and rows["mae"]["source file"] == str(files["mae"].resolve())
     assert rows["adpe_rel"]["position embedding"].startswith("relative: contextual (iRPE, AdPE)")
     assert "resized: pos_embed" in rows["adpe_rel"]["load report"]  # AdPE's 32 px crops -> the 64 px recipe

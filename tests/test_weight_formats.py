@@ -262,13 +262,19 @@ def test_bad_inputs_stop_with_the_file_and_the_reason(run_dir, tmp_path, capsys)
         assert convert([str(tmp_path / name), str(tmp_path / "out.pth")]) == 1
         err = capsys.readouterr().err
         assert name in err and "truncated" in err
-    # safetensors without a card
+    # safetensors without a card (timm's own files): read by its key layout like a state dict
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in tiny_encoder().state_dict().items()}, str(tmp_path / "bare.safetensors"))
-    assert convert([str(tmp_path / "bare.safetensors"), str(tmp_path / "out.pth")]) == 1
-    err = capsys.readouterr().err
-    assert "bare.safetensors" in err and "without a card" in err
+    bare = tiny_encoder().state_dict()
+    save_file({k: v.contiguous() for k, v in bare.items()}, str(tmp_path / "bare.safetensors"))
+    assert convert([str(tmp_path / "bare.safetensors"), str(tmp_path / "bare_out.pth")]) == 0
+    capsys.readouterr()
+    assert torch.equal(torch.load(tmp_path / "bare_out.pth")["model"]["blocks.0.attn.qkv.weight"],
+                       bare["blocks.0.attn.qkv.weight"])
+    # ... but a file with no ViT in it is still refused
+    save_file({"weight": torch.zeros(3, 3)}, str(tmp_path / "noise.safetensors"))
+    assert convert([str(tmp_path / "noise.safetensors"), str(tmp_path / "out.pth")]) == 1
+    assert "noise.safetensors" in capsys.readouterr().err and not (tmp_path / "out.pth").exists()
     # ambiguous source format: a detector's backbone and a flat encoder in one file
     enc = tiny_encoder().state_dict()
     mixed = {**enc, **{f"backbone.net.{k}": v for k, v in enc.items()}}

@@ -272,7 +272,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
-    """``{'model': tensors, 'card': card}`` from a safetensors export; no card or a bad file is an error."""
+    """``{'model': tensors, 'card': card}`` from a safetensors export, ``{'model': tensors}`` from a file
+    without a card (timm's own safetensors: its keys say what it is, as a ``.pth`` state dict's do);
+    a corrupt file or an unreadable card is an error."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -281,11 +283,8 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, Any]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"safetensors file is corrupt or truncated: {path} ({exc})") from exc
-    if CARD_METADATA_KEY not in meta:
-        raise CheckpointError(
-            f"safetensors file without a card: {path} has no '{CARD_METADATA_KEY}' metadata "
-            f"(found: {sorted(meta) or 'none'}); only cards tell what the weights are. Export it with "
-            f"python -m tools.convert_checkpoint, or load the tensors yourself with safetensors.torch.load_file")
+    if CARD_METADATA_KEY not in meta:  # a plain state dict (timm's hub files): identified by its key layout
+        return {"model": tensors}
     try:
         card = json.loads(meta[CARD_METADATA_KEY])
     except ValueError as exc:
