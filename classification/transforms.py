@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.data.imagefolder import EncodedImage
+from pretrain.data.decode import EncodedImage
 from pretrain.data.transforms import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PretrainTransform
 
 

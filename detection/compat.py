@@ -111,14 +111,14 @@ def apply_detectron2_shims() -> list[str]:
 
 def name_unreadable_images() -> bool:
     """Wrap ``detectron2.data.detection_utils.read_image`` (once) so a file that cannot be read
-    raises ``pretrain.data.imagefolder.BadImageError`` with its path, and one whose shape no
+    raises ``pretrain.data.decode.BadImageError`` with its path, and one whose shape no
     training resize survives (``pretrain.data.image_shape``) ``UnusableImageError``; 16-bit
     greyscale is scaled to 8 bits as the suite's loaders do (PIL would clip it to white). EXIF
     orientation is still applied by Detectron2, as the suite's own loaders do."""
     from detectron2.data import detection_utils
 
     from pretrain.data.image_shape import check_image_shape
-    from pretrain.data.imagefolder import BadImageError, to_8bit
+    from pretrain.data.decode import BadImageError, to_8bit
 
     original = detection_utils.read_image
     if getattr(original, "names_bad_files", False):

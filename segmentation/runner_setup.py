@@ -239,7 +239,7 @@ def run_entry(main: Any, args: argparse.Namespace) -> int:
     1 with one ``error:`` line for a bad data folder, an unreadable image or checkpoint."""
     import re
 
-    from pretrain.data.imagefolder import BadImageError
+    from pretrain.data.decode import BadImageError
     from pretrain.data.validate import DatasetError
     from pretrain.engine.cli import run_guarded
     from pretrain.weights import CheckpointError

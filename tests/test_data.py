@@ -26,7 +26,7 @@ from pretrain.data import (
     make_builtin_dataset,
     normalize_uint8,
 )
-from pretrain.data.imagefolder import EncodedImage, jpeg_size, read_bytes
+from pretrain.data.decode import EncodedImage, jpeg_size, read_bytes
 from pretrain.data.builtin_config import BuiltinConfig
 from pretrain.data.polygons import polygon_area, polygon_mask
 from pretrain.data.scenes import render_scene

@@ -255,7 +255,7 @@ def test_16bit_greyscale_png_decodes_to_its_grey_levels(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from pretrain.data.imagefolder import load_image, to_8bit
+    from pretrain.data.decode import load_image, to_8bit
 
     wide = (np.arange(48 * 40).reshape(48, 40) * 34).astype(np.uint16)  # 0 .. 65246
     path = tmp_path / "grey16.png"

@@ -23,7 +23,9 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from pretrain.data.imagefolder import EncodedImage, ImageFolderDataset, decode_image, load_image
+from pretrain.data.decode import EncodedImage, decode_image, load_image
+
+from pretrain.data.imagefolder import ImageFolderDataset
 from pretrain.data.synthetic import make_builtin_dataset
 from pretrain.data.validate import DatasetError, main as validate_main, validate_ade20k, validate_coco_json
 from pretrain.engine.run_checkpoints import load_resume_file, rng_state, set_rng_state
@@ -176,7 +178,7 @@ def test_detection_and_segmentation_name_an_unreadable_image(tmp_path, capsys):
     """Detectron2's reader names the file; the entry points end with one line and exit 1."""
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a JPEG")
-    from pretrain.data.imagefolder import BadImageError
+    from pretrain.data.decode import BadImageError
     from pretrain.engine.cli import run_guarded
 
     try:

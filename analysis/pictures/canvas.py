@@ -52,7 +52,8 @@ def load_picture_image(
     img_size: int, image: str | Path | None = None, data: str | Path | None = None, index: int = 0
 ) -> tuple[np.ndarray, torch.Tensor]:
     """One image, eval-transformed at ``img_size``: (uint8 [H, W, 3] for display, normalised [1, 3, H, W])."""
-    from pretrain.data.imagefolder import ImageFolderDataset, load_image
+    from pretrain.data.decode import load_image
+    from pretrain.data.imagefolder import ImageFolderDataset
 
     tf = build_eval_transform(img_size, normalize=False)
     if image is not None:

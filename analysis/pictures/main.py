@@ -80,7 +80,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def readable_index(data: str, index: int) -> int:
     """The first val image of ``data`` from ``index`` on that decodes (each unreadable one is named)."""
-    from pretrain.data.imagefolder import BadImageError, ImageFolderDataset
+    from pretrain.data.decode import BadImageError
+    from pretrain.data.imagefolder import ImageFolderDataset
 
     from ..probes.position_probe import resolve_image_folder
 

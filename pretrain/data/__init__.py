@@ -1,5 +1,6 @@
 """Data for the suite: the built-in synthetic dataset, the image-folder dataset and transforms."""
-from .imagefolder import BadImageError, EncodedImage, ImageFolderDataset, decode_image, load_image
+from .decode import BadImageError, EncodedImage, decode_image, load_image
+from .imagefolder import ImageFolderDataset
 from .synthetic import (
     ADE_CLASSES,
     ADE_PALETTE,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .imagefolder import BadImageError
+from .decode import BadImageError
 
 MAX_ASPECT_RATIO = 16.0  # longer side / shorter side; photos of COCO and ADE20K stay far below
 

@@ -355,7 +355,8 @@ def validate_imagefolder(root: str | os.PathLike, max_files: int | None = None) 
     named in the summary (``symlink_loops``). ``max_files`` checks only the first N files per
     split (sorted).
     """
-    from .imagefolder import IMG_EXTENSIONS, BadImageError, find_classes, load_image, scan_class_folders, split_problems
+    from .decode import BadImageError, load_image
+    from .imagefolder import IMG_EXTENSIONS, find_classes, scan_class_folders, split_problems
 
     root = Path(root)
     if not root.is_dir():

@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..data.imagefolder import BadImageError
+from ..data.decode import BadImageError
 from ..data.loader_timeout import timed_out_message
 from ..weights import CheckpointError
 from . import distributed as du
