@@ -38,6 +38,7 @@ from pretrain.engine.trainer import autocast_context
 from pretrain.models.vit import VisionTransformer
 from pretrain.engine.config import ConfigError
 from pretrain.weights import CheckpointError
+from pretrain.weights.card import file_sha256
 
 from .data import eval_loader
 from .feature_cache import (KEY_VERSION, FeatureCache, code_identity, compute_identity, data_identity, state_digest,
@@ -191,21 +192,8 @@ def _weights_identity(encoder: nn.Module, checkpoint: str | os.PathLike | None) 
             "global_pool": getattr(encoder, "global_pool", None),
             "modules": hashlib.sha256(repr(encoder).encode()).hexdigest()}
     no_file = checkpoint in (None, "", "none")
-    return {"checkpoint_sha256": None if no_file else _file_sha256(str(checkpoint)), "state": state_digest(encoder),
+    return {"checkpoint_sha256": None if no_file else file_sha256(checkpoint), "state": state_digest(encoder),
             "arch": arch}
-
-
-def _file_sha256(path: str) -> str:
-    """sha256 of a file, computed once per (path, size, modification time) in this process."""
-    st = os.stat(path)
-    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    from pretrain.weights.card import file_sha256
-
-    return file_sha256(path)
 
 
 def entry_key(encoder: nn.Module, dataset: Dataset, view: str, batch_size: int, precision: str,

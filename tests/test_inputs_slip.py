@@ -392,7 +392,6 @@ sys.exit(run_interruptible(lambda: run_stages(stages, out, jobs=jobs) and 0))
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_stops_the_stages_with_one_line(tmp_path, jobs):
     """SIGINT to the sweep's process alone (as ``kill -INT``): its stage processes stop, exit 130, one line."""
-    import os
     import re
     import signal
     import subprocess

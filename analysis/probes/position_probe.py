@@ -33,9 +33,8 @@ from typing import Callable
 
 import torch
 
-from classification.position_probe import (  # noqa: F401 (cell_distance: re-exported for callers)
+from classification.position_probe import (
     PositionHead,
-    cell_distance,
     chance_within1,
     dropped_positions,
     encode_dropped,

@@ -12,14 +12,12 @@ refused. A folder from before these records is skipped as before, saying it was 
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from pretrain.atomic import atomic_write_json
+from pretrain.weights.card import file_sha256 as weights_file_sha256
 
 from .stages import ROOT, Stage
 
@@ -29,24 +27,14 @@ _IGNORED_PREFIXES = ("data.num_workers=", "train.progress=", "train.tensorboard=
 _IGNORED_FLAGS = ("--num-workers",)
 
 
-@functools.lru_cache(maxsize=256)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def file_sha256(path: str | Path) -> str | None:
-    """sha256 of a file (memoised per path, size and modification time); None when there is no such file."""
+    """sha256 of a file below the repository root or absolute (``pretrain.weights.card.file_sha256``); None when missing."""
     p = Path(path)
     if not p.is_absolute():
         p = ROOT / p
     if not p.is_file():
         return None
-    st = os.stat(p)
-    return _sha256(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    return weights_file_sha256(p.resolve())
 
 
 def _arguments(command: list[str]) -> list[str]:

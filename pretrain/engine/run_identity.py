@@ -17,11 +17,12 @@ file (``train.resume=PATH``: the differences are printed and it continues).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
+
+from ..weights.card import file_sha256
 
 # keys a resumed run may set differently: they change neither the model nor the data it
 # sees nor the schedule (the total batch is compared instead of batch_size / accum_iter)
@@ -61,18 +62,6 @@ def config_identity(config: Mapping[str, Any], base: Path | None = None) -> dict
             if k not in RESUMABLE_CHANGES and not k.startswith(RESUMABLE_PREFIXES)}
 
 
-def file_sha256(path: str | Path) -> str | None:
-    """SHA-256 of a file's bytes (None when there is no such file)."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def run_identity(cfg: DictConfig, world: int) -> dict[str, Any]:
     """This run's identity: compared config keys, total batch, the pretrained file's SHA-256."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -82,7 +71,7 @@ def run_identity(cfg: DictConfig, world: int) -> dict[str, Any]:
         identity["total_batch"] = int(train["batch_size"]) * int(train.get("accum_iter", 1)) * int(world)
     ckpt = config.get("checkpoint")
     if isinstance(ckpt, str) and ckpt not in _NO_FILE:
-        identity["checkpoint_sha256"] = file_sha256(ckpt)
+        identity["checkpoint_sha256"] = file_sha256(ckpt) if Path(ckpt).is_file() else None
     return identity
 
 

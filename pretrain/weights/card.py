@@ -8,6 +8,7 @@ run folder's ``pretrain_metrics.json`` / ``config.yaml`` beside the source).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -26,7 +27,15 @@ CARD_METADATA_KEY = "droppos_card"  # where a safetensors export keeps its card
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
+    """Hex sha256 of a file, read in 1 MiB chunks; computed once per (path, size, modification time)
+    in a process, so the card, the run identity, the stage inputs and the feature cache share one read
+    (a file replaced in place gets a new inode or change time, so it is read again)."""
+    st = os.stat(path)
+    return _sha256_of(os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

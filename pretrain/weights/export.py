@@ -40,7 +40,7 @@ from ..atomic import atomic_write
 from .card import CARD_METADATA_KEY, build_card, card_path, write_card
 from .read import EXTRAS_KEY, CheckpointError, atomic_torch_save, detect_format, encoder_state_dict, \
     load_checkpoint_file, model_state
-from .targets import TARGETS, Plan, fold_layer_scale, grid_note, plan_target  # noqa: F401 (fold_layer_scale re-exported)
+from .targets import TARGETS, Plan, grid_note, plan_target
 
 
 @dataclass
