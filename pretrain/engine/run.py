@@ -34,6 +34,7 @@ from .config import ConfigError, save_config
 from .guard import NonFiniteLossError
 from .logger import RunLogger
 from .run_checkpoints import CheckpointManager, load_resume_file, peek_resume_file
+from .total_batch import implied_lr
 from .run_identity import checkpoint_identity, describe, differences, refusal, run_identity
 from .trainer import LoopConfig, Trainer, TrainState
 
@@ -71,7 +72,7 @@ def start_run(cfg: DictConfig) -> RunEnv:
 def total_batch_and_lr(cfg: DictConfig, world: int) -> tuple[int, float]:
     """total batch = batch_size * accum_iter * world; lr = optim.lr or optim.blr * total / 256."""
     total = int(cfg.train.batch_size) * int(cfg.train.accum_iter) * world
-    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else float(cfg.optim.blr) * total / 256
+    lr = float(cfg.optim.lr) if cfg.optim.lr is not None else implied_lr(float(cfg.optim.blr), total)
     return total, lr
 
 
