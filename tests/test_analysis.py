@@ -18,7 +18,6 @@ from analysis.pictures.canvas import expected_size
 from analysis.probes.position_predictions import droppos_from_checkpoint
 from analysis.probes.position_probe import (
     ProbeSettings,
-    cell_distance,
     chance_within1,
     dropped_positions,
     encode_with_dropped_positions,
@@ -26,6 +25,7 @@ from analysis.probes.position_probe import (
 )
 from analysis.reproduce.runner import run_stage
 from analysis.reproduce.stages import METRICS, Stage
+from classification.position_probe import cell_distance
 from pretrain.engine.config import load_config
 from pretrain.models import DropPos, build_method, create_vit
 from pretrain.weights import encoder_state_dict, to_reference_layout
