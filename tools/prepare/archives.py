@@ -78,11 +78,11 @@ class _Slice(io.RawIOBase):
 class Archive:
     """Base class: ``members()``, ``read(member)``, ``open(member)`` and ``stream()``."""
 
-    kind = "archive"
     random_access = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._members: list[Member] | None = None
 
     def members(self) -> list[Member]:
         raise NotImplementedError
@@ -112,12 +112,9 @@ class Archive:
 class TarArchive(Archive):
     """An uncompressed tar, indexed by seeking over the member data."""
 
-    kind = "tar"
-
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self._fd: int | None = None
-        self._members: list[Member] | None = None
 
     def _descriptor(self) -> int:
         if self._fd is None:
@@ -177,11 +174,13 @@ def index_tar(path: Path) -> Iterator[Member]:
 class TarStreamArchive(Archive):
     """A compressed tar: read front to back only (:meth:`stream`)."""
 
-    kind = "tar-stream"
     random_access = False
 
     def members(self) -> list[Member]:
-        return [m for m, _ in self.stream()]
+        """Every member (decompresses the whole archive once; a val ``.tar.gz``'s image count needs it)."""
+        if self._members is None:
+            self._members = [m for m, _ in self.stream()]
+        return self._members
 
     def stream(self) -> Iterator[tuple[Member, bytes]]:
         try:
@@ -199,15 +198,12 @@ class TarStreamArchive(Archive):
 class ZipArchive(Archive):
     """A zip archive, members read by name (CRC-checked)."""
 
-    kind = "zip"
-
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise PrepareError(f"{path}: not a readable zip archive, truncated or damaged ({exc})") from None
-        self._members: list[Member] | None = None
 
     def members(self) -> list[Member]:
         if self._members is None:
@@ -245,18 +241,18 @@ class ZipArchive(Archive):
 class FolderArchive(Archive):
     """An extracted archive: the files under a folder (hidden files skipped)."""
 
-    kind = "folder"
-
     def members(self) -> list[Member]:
-        out = []
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            rel = Path(dirpath).relative_to(self.path)
-            for name in sorted(filenames):
-                if not name.startswith("."):
-                    p = Path(dirpath) / name
-                    out.append(Member((rel / name).as_posix(), p.stat().st_size))
-        return out
+        if self._members is None:
+            out = []
+            for dirpath, dirnames, filenames in os.walk(self.path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                rel = Path(dirpath).relative_to(self.path)
+                for name in sorted(filenames):
+                    if not name.startswith("."):
+                        p = Path(dirpath) / name
+                        out.append(Member((rel / name).as_posix(), p.stat().st_size))
+            self._members = out
+        return self._members
 
     def open(self, member: Member) -> BinaryIO:
         return open(self.path / member.name, "rb")

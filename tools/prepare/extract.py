@@ -47,10 +47,6 @@ class Job:
     nested: Member | None = None  # a tar in the archive, extracted whole into the folder nested_dest
     nested_dest: str = ""
 
-    @property
-    def size(self) -> int:
-        return len(self.files) if self.nested is None else 1
-
 
 def _archive(path: str) -> Archive:
     if path not in _ARCHIVES:

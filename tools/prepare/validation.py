@@ -27,22 +27,17 @@ def _check_folder(args: tuple[str, int | None]) -> list[str]:
     return []
 
 
-def image_folders(split_dir: Path, depth: int = 1) -> list[Path]:
-    """The class folders ``depth`` levels below ``split_dir`` (2 for ImageNet-C's ``<severity>/<wnid>``)."""
-    folders = [split_dir]
-    for _ in range(depth):
-        folders = [d for f in folders for d in sorted(f.iterdir()) if d.is_dir() and not d.name.startswith(".")]
-    return folders
+def image_folders(split_dir: Path) -> list[Path]:
+    """The class folders of ``split_dir`` (sorted, hidden ones skipped)."""
+    return [d for d in sorted(split_dir.iterdir()) if d.is_dir() and not d.name.startswith(".")]
 
 
-def validate_classes(
-    split_dir: Path, workers: Workers, max_files: int | None, progress: bool = True, depth: int = 1
-) -> int:
+def validate_classes(split_dir: Path, workers: Workers, max_files: int | None, progress: bool = True) -> int:
     """Decode the images of every class folder under ``split_dir`` (``max_files`` per folder when set);
     returns the folders checked, or raises :class:`PrepareError` naming the first bad files."""
     from tqdm.auto import tqdm
 
-    folders = image_folders(split_dir, depth)
+    folders = image_folders(split_dir)
     problems: list[str] = []
     with tqdm(total=len(folders), desc=f"validate {split_dir.name}", unit="class", disable=not progress,
               leave=False) as bar:
