@@ -17,8 +17,8 @@ Sources of the values:
 - ImageNet-C: the md5 sums of Zenodo record 2235448 (blur, digital, extra, noise, weather).
 
 ImageNetV2 (Hugging Face / S3) and ImageNet-Sketch (Google Drive / Kaggle) publish no
-checksum: those archives are checked by their published counts only, and the manifest
-records their md5 as computed here.
+checksum: those archives are not hashed, only checked by their published counts; the
+manifest records them as unverified (``"published": null, "verified": false``).
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """ImageNet variants for robustness evaluation, from their released archives. THE LAYOUT (read by
-``classification`` robustness evaluation; ``/tmp/droppos_markers/variants_layout.md`` is a copy):
+``classification`` robustness evaluation, ``classification/imagenet_variants.py``):
 
 All variants go under one folder VARIANTS (the ``--to`` argument), one sub-folder each::
 
