@@ -488,3 +488,15 @@ def test_commit_interrupted_after_the_rename_is_repaired(tmp_path, monkeypatch):
     other = Staging(root, "demo", root, {"sources": 2}, log=lambda line: None)  # other sources: a fresh start
     assert other.is_done("train")  # but what is in place and recorded stays
     other.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_validate_max_files_must_be_positive(value, capsys):
+    """--validate-max-files 0 / negative / not a number: argparse's one error line names the option."""
+    with pytest.raises(SystemExit) as exc:
+        get_args_parser().parse_args(["imagenet", "--from", "x.tar", "--to", "out", "--validate-max-files", value])
+    assert exc.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "argument --validate-max-files:" in errors[0], errors
+    assert get_args_parser().parse_args(["imagenet", "--from", "x.tar", "--to", "out",
+                                         "--validate-max-files", "2"]).validate_max_files == 2

@@ -40,6 +40,17 @@ def _runner(command: str) -> Callable[[Any], dict]:
     return PREPARE[command]
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse names the option in its one error line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
     """One sub-command per dataset, each with ``--from ARCHIVES... --to ROOT`` and the shared options."""
     from .extract import default_workers
@@ -54,7 +65,7 @@ def add_dataset_parsers(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--overwrite", action="store_true", help="redo and replace what is already complete")
     common.add_argument("--workers", type=int, default=min(default_workers(), 16), help="processes (default: the cores)")
     common.add_argument("--skip-validate", action="store_true", help="do not decode the images before moving them in")
-    common.add_argument("--validate-max-files", type=int, default=None, help="decode only N images per class folder")
+    common.add_argument("--validate-max-files", type=positive_int, default=None, help="decode only N images per class folder")
     common.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     for command, text in COMMANDS.items():
         p = sub.add_parser(command, parents=[common], help=text, description=text)
