@@ -60,7 +60,13 @@ install_packages() {
 }
 
 # ------------------------------------------------------------------ configuration
-gpu_count() { command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || echo 0; }
+gpu_count() {  # exactly one integer: 0 without nvidia-smi or when it lists no GPU (grep -c prints 0, exits 1)
+    local n=""
+    if command -v nvidia-smi >/dev/null; then
+        n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    fi
+    echo "${n:-0}"
+}
 
 write_conf() {
     local cpus mem gpus gres=""
