@@ -500,3 +500,28 @@ def test_validate_max_files_must_be_positive(value, capsys):
     assert len(errors) == 1 and "argument --validate-max-files:" in errors[0], errors
     assert get_args_parser().parse_args(["imagenet", "--from", "x.tar", "--to", "out",
                                          "--validate-max-files", "2"]).validate_max_files == 2
+
+
+def test_roles_from_content_and_corrupt_archives_one_line(tmp_path, official, capsys):
+    """Archives under other names get their role from their first member; a corrupt one is one line naming it."""
+    src, names, labels = official
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for official_name, name in (("ILSVRC2012_img_train.tar", "a.tar"), ("ILSVRC2012_img_val.tar", "b.tar"),
+                                ("ILSVRC2012_devkit_t12.tar.gz", "c.tgz")):
+        (renamed / name).write_bytes((src / official_name).read_bytes())
+    root = tmp_path / "imagenet"
+    run_cli("imagenet", "--from", *map(str, sorted(renamed.iterdir())), "--to", str(root), "--no-verify",
+            "--allow-partial", "--workers", "1")
+    assert len(check_labels(root, "train", WNIDS)) == 12 and len(check_labels(root, "val", WNIDS)) == len(labels)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    rng = random.Random(0)
+    noise = bytes(rng.randrange(256) for _ in range(4000))
+    (bad / "noise.tar").write_bytes(noise)
+    (bad / "noise.tgz").write_bytes(b"\x1f\x8b\x08" + noise)
+    (bad / "noise.zip").write_bytes(b"PK\x03\x04" + noise)
+    for f in sorted(bad.iterdir()):
+        for dataset in ("imagenet", "coco"):
+            line = fails(capsys, dataset, "--from", str(f), "--to", str(tmp_path / "out"), "--no-verify")
+            assert str(f) in line, line

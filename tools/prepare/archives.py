@@ -87,6 +87,10 @@ class Archive:
     def members(self) -> list[Member]:
         raise NotImplementedError
 
+    def first(self) -> Member | None:
+        """The first member in archive order (None: empty), without listing them all where the format allows."""
+        return next(iter(self.members()), None)
+
     def read(self, member: Member) -> bytes:
         with self.open(member) as f:
             return f.read()
@@ -125,6 +129,15 @@ class TarArchive(Archive):
         if self._members is None:
             self._members = list(index_tar(self.path))
         return self._members
+
+    def first(self) -> Member | None:
+        if self._members is not None:
+            return next(iter(self._members), None)
+        headers = index_tar(self.path)
+        try:
+            return next(headers, None)
+        finally:
+            headers.close()
 
     def open(self, member: Member) -> BinaryIO:
         return io.BufferedReader(_Slice(self._descriptor(), member.offset, member.size), 1 << 20)
@@ -181,6 +194,15 @@ class TarStreamArchive(Archive):
         if self._members is None:
             self._members = [m for m, _ in self.stream()]
         return self._members
+
+    def first(self) -> Member | None:
+        if self._members is not None:
+            return next(iter(self._members), None)
+        items = self.stream()
+        try:
+            return next(items, (None, b""))[0]
+        finally:
+            items.close()
 
     def stream(self) -> Iterator[tuple[Member, bytes]]:
         try:

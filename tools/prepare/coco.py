@@ -12,11 +12,10 @@ consistent, and as many image files as JSON images), then moved into place.
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from .archives import Member, open_archive
+from .archives import Member, ZipArchive, open_archive
 from .context import Context
 from .errors import PrepareError
 from .extract import count_files, extract_routed
@@ -32,11 +31,14 @@ def guess_role(path: Path) -> str:
     for role, name in OFFICIAL.items():
         if path.name == name:
             return role
+    archive = open_archive(path)
     try:
-        with zipfile.ZipFile(path) as z:
-            first = next((n for n in z.namelist() if not n.endswith("/")), "")
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise PrepareError(f"{path}: not a readable zip archive ({exc})") from None
+        if not isinstance(archive, ZipArchive):
+            raise PrepareError(f"{path}: not a zip archive: the COCO 2017 downloads are zips")
+        found = archive.first()
+    finally:
+        archive.close()
+    first = found.name if found is not None else ""
     top = first.split("/", 1)[0]
     if top in OFFICIAL:
         return top
@@ -72,8 +74,8 @@ def prepare_coco(ctx: Context) -> dict[str, Any]:
 def _place(staging: Staging, unit: str, staged: dict[str, Path]) -> Path | None:
     if unit in staged:
         return staged[unit]
-    final = staging.final_path(unit)
-    return final if staging.is_done(unit) or (unit in staging.manifest().get("units", {}) and final.exists()) else None
+    final = staging.final_path(unit)  # recorded and in place (kept, or an --overwrite run not redoing it)
+    return final if unit in staging.manifest().get("units", {}) and final.exists() else None
 
 
 def _prepare(ctx: Context, sources: dict[str, Path], staging: Staging) -> dict[str, Any]:
@@ -123,8 +125,9 @@ def _check(ctx: Context, staging: Staging, staged: dict[str, Path], sources: dic
             if not ctx.allow_partial:
                 raise PrepareError(f"{ann_dir}: no instances_{split}.json (--allow-partial accepts a subset)")
             ann = None
+        files = None  # image files of images_dir, counted once
         if split in staged:
-            n = sum(count_files(staged[split]).values())
+            n = files = sum(count_files(staged[split]).values())
             ctx.check_count(f"{sources[split]} ({split})", n, None, (PUBLISHED[split], None))
             infos[split] = {"images": n}
         if ann is None or (split not in staged and "annotations" not in staged):
@@ -136,7 +139,8 @@ def _check(ctx: Context, staging: Staging, staged: dict[str, Path], sources: dic
         except DatasetError as exc:
             raise dataset_error_line(exc, str(ann)) from None
         if images_dir is not None:
-            files = sum(count_files(images_dir).values())
+            if files is None:
+                files = sum(count_files(images_dir).values())
             if files != summary["images"]:
                 raise PrepareError(f"{images_dir}: {files} image files, {ann.name} lists {summary['images']}")
         if split in infos:

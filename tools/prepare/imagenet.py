@@ -27,8 +27,6 @@ by class folder on every core, before the split moves into place.
 """
 from __future__ import annotations
 
-import tarfile
-import zipfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,18 +56,16 @@ KAGGLE_CSV = "LOC_val_solution.csv"
 
 
 def _first_member(path: Path) -> str:
+    """The first member's name (of a zip: the first under ``Data/CLS-LOC/`` if any); errors are one line."""
+    archive = open_archive(path)
     try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as z:
-                names = z.namelist()
+        if isinstance(archive, ZipArchive):
+            names = [m.name for m in archive.members()]
             return next((n for n in names if "Data/CLS-LOC/" in n), names[0] if names else "")
-        with tarfile.open(path, "r:*") as tf:
-            info = tf.next()
-            while info is not None and not info.isreg():
-                info = tf.next()
-            return info.name if info is not None else ""
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as exc:
-        raise PrepareError(f"{path}: not a readable tar or zip archive ({exc})") from None
+        first = archive.first()
+        return first.name if first is not None else ""
+    finally:
+        archive.close()
 
 
 def guess_role(path: Path) -> str:
