@@ -126,6 +126,24 @@ def test_total_batch_refused_or_changed_only_when_asked(capsys):
     assert "train.batch_size=114 train.accum_iter=6" in captured.out
 
 
+def test_only_stages_with_a_launcher_ask_for_every_node(tmp_path):
+    """A one-process stage (robustness, the position probes) asks for one GPU of one node: with --nnodes 2 the
+    other node would run the same command racing on its --output."""
+    from analysis.reproduce.slurm import SlurmOptions, _resources, launch_of
+
+    args = reproduce.get_args_parser().parse_args(["--profile", "vit_b_200ep", "--gpus", "8", "--nnodes", "2"])
+    profile = profiles.profile_from_args(args)
+    opts = SlurmOptions.from_args(args)
+    seen = set()
+    for stage in build_stage_table(profile, tmp_path, list(METHODS)):
+        res = _resources(args, opts, profile, stage)
+        parallel = launch_of(stage, profile, args.gpus).kind != "process"
+        assert (res.gpus, res.nodes) == ((8, 2) if parallel else (1, 1)), (stage.name, res)
+        seen.add((stage.name, parallel))
+    assert ("robustness", False) in seen and ("position_probe", False) in seen and ("finetuned_probe", False) in seen
+    assert {("pretrain", True), ("finetune", True), ("knn", True), ("detection", True)} <= seen
+
+
 # ----------------------------------------------------------------------------- srun environment
 def test_hostlists_expand_as_scontrol_does():
     cases = {"vm": ["vm"], "gpu[01-03,07]": ["gpu01", "gpu02", "gpu03", "gpu07"],

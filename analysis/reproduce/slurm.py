@@ -186,9 +186,11 @@ def launch_of(stage: Stage, profile: Profile, gpus: int):
     return Launch()
 
 
-def _resources(args: argparse.Namespace, opts: SlurmOptions, stage: Stage) -> Resources:
+def _resources(args: argparse.Namespace, opts: SlurmOptions, profile: Profile, stage: Stage) -> Resources:
+    """The stage's job: every GPU of every node where its command holds a launcher, else one GPU."""
     large = profile_size_large(args.profile)
-    res = stage_resources(args.profile, stage.name, args.gpus, args.nnodes, args.threads, large)
+    parallel = launch_of(stage, profile, args.gpus).kind != "process"
+    res = stage_resources(args.profile, stage.name, args.gpus, args.nnodes, args.threads, large, parallel=parallel)
     return dataclasses.replace(res, time_min=opts.time_limit) if opts.time_limit else res
 
 
@@ -257,7 +259,7 @@ def submit_run(
         print(f"error: {exc}", file=sys.stderr)
         return 2
     profile = profile_from_args(args)
-    resources = {stage_key(s): _resources(args, opts, s) for s in stages}
+    resources = {stage_key(s): _resources(args, opts, profile, s) for s in stages}
     why = check_cluster(opts, [(k, r) for k, r in resources.items()] + [("report", REPORT)])
     if why:
         print(f"error: {why}", file=sys.stderr)
