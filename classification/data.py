@@ -131,6 +131,17 @@ def batch_finish(transform, device: torch.device):
     return finish(device) if finish is not None else Uint8Normalize()
 
 
+def evenly_spread_indices(n: int, limit: int) -> list[int]:
+    """``limit`` of the indices 0 .. n-1 evenly spread, first and last included (in a class-sorted
+    image folder every class keeps its share); all ``n`` when ``limit`` is 0 or not below ``n``.
+
+    The one rule of ``data.limit``, ``classification.robustness --val-images`` and
+    ``classification.builtin_corruptions --limit``: they pick the same images."""
+    if not limit or limit >= n:
+        return list(range(n))
+    return torch.linspace(0, n - 1, limit).round().long().tolist()
+
+
 def image_dataset(cfg: DictConfig, split: str, transform, substitute: bool = True) -> Dataset:
     """ImageFolder split with a transform, limited to ``data.limit`` images when set (evenly spread).
 
@@ -142,8 +153,7 @@ def image_dataset(cfg: DictConfig, split: str, transform, substitute: bool = Tru
                             substitute=substitute)
     limit = int(cfg.data.limit)
     if limit and limit < len(ds):
-        keep = torch.linspace(0, len(ds) - 1, limit).round().long().tolist()  # every class stays present
-        sub = torch.utils.data.Subset(ds, keep)
+        sub = torch.utils.data.Subset(ds, evenly_spread_indices(len(ds), limit))  # every class stays present
         sub.classes = ds.classes
         return sub
     return ds

@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 
 from pretrain.data.imagefolder import ImageFolderDataset
 
+from .mce import SEVERITIES
+
 # set name -> (what it is, how tools.prepare_data makes it)
 VARIANTS: dict[str, tuple[str, str]] = {
     "v2": ("ImageNetV2 matched-frequency", "imagenet-v2 --from imagenetv2-matched-frequency.tar.gz"),
@@ -225,7 +227,7 @@ def corruption_sets(
     for corruption in order:
         cdir = folder / corruption
         severities = class_folders(cdir)
-        bad = [s for s in severities if s not in {"1", "2", "3", "4", "5"}]
+        bad = [s for s in severities if s not in {str(level) for level in SEVERITIES}]
         if bad or not severities:
             raise VariantError(f"{cdir} must hold severity folders 1..5, found: {', '.join(severities) or 'none'}")
         for sev in sorted(severities, key=int):

@@ -43,6 +43,7 @@ from pretrain.engine.config import ConfigError
 from pretrain.engine.trainer import resolve_precision
 
 from . import mce
+from .data import evenly_spread_indices
 from .finetuned import load_finetuned
 from .imagenet_variants import (
     REAL_LABELS,
@@ -103,8 +104,7 @@ def evenly_spread(dataset, limit: int):
     """``limit`` images of ``dataset`` evenly spread (every class keeps its share), or the dataset itself."""
     if not limit or limit >= len(dataset):
         return dataset
-    keep = torch.linspace(0, len(dataset) - 1, limit).round().long().tolist()
-    return torch.utils.data.Subset(dataset, keep)
+    return torch.utils.data.Subset(dataset, evenly_spread_indices(len(dataset), limit))
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:

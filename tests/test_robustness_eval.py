@@ -14,7 +14,8 @@ from PIL import Image
 
 from classification import lowshot as lowshot_mod
 from classification import mce
-from classification.builtin_corruptions import make_corrupted_copy
+from classification.builtin_corruptions import UNFINISHED, make_corrupted_copy
+from classification.builtin_corruptions import main as builtin_c_main
 from classification.imagenet_variants import (
     VariantError,
     corruption_sets,
@@ -296,6 +297,83 @@ def test_robustness_command_on_the_builtin_copy(small_builtin, tmp_path, capsys,
     assert robustness_main(["--checkpoint", str(ckpt), "--sets", "c", "--variants", str(variants)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unexpected 1 (first: n01440764)" in err[0]
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    return err[0]
+
+
+def test_builtin_corruptions_never_wipes_a_real_imagenet_c(small_builtin, tmp_path, capsys):
+    data = small_builtin / "imagenet"
+    small = ["--data", str(data), "--img-size", "32", "--corruptions", "contrast", "--severities", "1", "--limit", "3"]
+    # a real ImageNet-C as tools.prepare_data leaves it: its prepared.json says imagenet-c, no built_from
+    real = tmp_path / "real" / "c"
+    image = real / "gaussian_noise" / "1" / "n01440764" / "ILSVRC2012_val_00000293.JPEG"
+    image.parent.mkdir(parents=True)
+    image.write_bytes(_jpeg())
+    (real / "prepared.json").write_text(json.dumps({"dataset": "imagenet-c", "layout": 1,
+                                                    "corruptions": ["gaussian_noise"]}))
+    assert builtin_c_main([*small, "--to", str(real.parent)]) == 1
+    line = _one_line_error(capsys)
+    assert str(real) in line and "'imagenet-c'" in line and "refusing to replace it" in line
+    assert image.is_file() and json.loads((real / "prepared.json").read_text())["dataset"] == "imagenet-c"
+    # files without any prepared.json: not this tool's either
+    (real / "prepared.json").unlink()
+    assert builtin_c_main([*small, "--to", str(real.parent)]) == 1
+    assert str(real) in _one_line_error(capsys) and image.is_file()
+
+    # this tool's own copies are replaced: an unfinished one, then a complete one with other arguments
+    own = tmp_path / "own" / "c"
+    (own / "contrast" / "9").mkdir(parents=True)
+    (own / UNFINISHED).write_text("")
+    assert builtin_c_main([*small, "--to", str(own.parent)]) == 0
+    prepared = json.loads((own / "prepared.json").read_text())
+    assert prepared["dataset"] == "builtin-c" and prepared["built_from"]["severities"] == [1]
+    assert not (own / UNFINISHED).exists() and not (own / "contrast" / "9").exists()
+    assert len(list((own / "contrast" / "1").rglob("*.png"))) == 3
+    assert builtin_c_main([*small[:-4], "--severities", "2", "--limit", "2", "--to", str(own.parent)]) == 0
+    assert sorted(p.name for p in (own / "contrast").iterdir()) == ["2"]
+    assert len(list(own.rglob("*.png"))) == 2 and not (own / UNFINISHED).exists()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("opts, named", [(["--to", "/dev/null"], "Not a directory"),
+                                         (["--limit", "-3"], "--limit"), (["--img-size", "0"], "--img-size"),
+                                         (["--crop-pct", "1.5"], "--crop-pct"), (["--crop-pct", "0"], "--crop-pct"),
+                                         (["--corruptions", ","], "--corruptions")])
+def test_builtin_corruptions_bad_input_is_one_line(opts, named, small_builtin, tmp_path, capsys):
+    argv = ["--data", str(small_builtin / "imagenet"), "--to", str(tmp_path / "v"), "--img-size", "32",
+            "--corruptions", "contrast", "--severities", "1", "--limit", "2", "--crop-pct", "0.875"]
+    for i in range(0, len(opts), 2):
+        argv[argv.index(opts[i]) + 1] = opts[i + 1]
+    assert builtin_c_main(argv) == 1
+    assert named in _one_line_error(capsys)
+    assert not (tmp_path / "v" / "c" / "prepared.json").exists()
+
+
+def test_one_evenly_spread_rule_for_limit_val_images_and_the_corrupted_copy():
+    from classification.data import evenly_spread_indices
+    from classification.robustness import evenly_spread
+
+    for n in (1, 7, 40, 50_000):
+        for limit in (1, 2, 3, 39, 100, n - 1, n):
+            want = torch.linspace(0, n - 1, limit).round().long().tolist() if 0 < limit < n else list(range(n))
+            assert evenly_spread_indices(n, limit) == want
+        assert evenly_spread_indices(n, 0) == list(range(n))
+    data = list(range(40))
+    assert evenly_spread(data, 0) is data and evenly_spread(data, 40) is data
+    assert evenly_spread(data, 5).indices == evenly_spread_indices(40, 5) == [0, 10, 20, 29, 39]
+
+
+@pytest.mark.parametrize("text", ["1,x", "0,3", "6", ","])
+def test_builtin_corruptions_severities_name_the_option(text, small_builtin, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        builtin_c_main(["--data", str(small_builtin / "imagenet"), "--to", str(tmp_path), "--severities", text])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --severities" in err and "Traceback" not in err
 
 
 # ------------------------------------------------------------------ the end-to-end run's stages, tables, picture
