@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,10 +42,11 @@ from pretrain.data.transforms import build_eval_transform
 from pretrain.engine.cli import run_guarded
 from pretrain.engine.config import ConfigError
 from pretrain.engine.trainer import resolve_precision
+from pretrain.models.masking import num_kept
 
 from . import mce
 from .data import evenly_spread_indices
-from .finetuned import load_finetuned
+from .finetuned import load_finetuned, resolve_path
 from .imagenet_variants import (
     REAL_LABELS,
     VARIANTS,
@@ -100,6 +102,60 @@ class PositionRows:
                                            if any(p.kind == k for p in self.perturbations)}}
 
 
+def position_perturbations(args: argparse.Namespace, img_size: int, grid: int, num_patches: int) -> list[Perturbation]:
+    """The rows of ``--shuffles``, ``--drops`` and ``--occlusions`` for a classifier of ``img_size`` px and a
+    ``grid`` x ``grid`` patch grid, checked before any image is read (a ConfigError naming the option)."""
+    for k in args.shuffles:
+        side = grid if k == "grid" else k
+        if side < 1 or img_size % side:
+            raise ConfigError(f"--shuffles {k}: the {img_size}-px eval view cannot be cut into {side}x{side} equal "
+                              "blocks (blocks per side must divide the image size, or 'grid')")
+    for r in args.drops:
+        if not 0.0 <= r < 1.0 or num_kept(num_patches, r) < 1:
+            raise ConfigError(f"--drops {r:g}: a share of patch tokens removed must lie in [0, 1) and keep at least "
+                              f"one of the {num_patches} patches")
+    for r in args.occlusions:
+        if not 0.0 < r < 1.0:
+            raise ConfigError(f"--occlusions {r:g}: an occluded share of the image area must lie in (0, 1)")
+    try:
+        return default_perturbations(grid, args.shuffles, args.drops, args.occlusions)
+    except ValueError as exc:  # a row named twice
+        raise ConfigError(f"--shuffles / --drops / --occlusions: {exc}") from None
+
+
+def output_folder(args: argparse.Namespace) -> Path:
+    """``--output`` (default: robustness/ beside the checkpoint's run folder), made and checked writable
+    before any forward pass, so an unwritable folder fails at once, not after the whole evaluation."""
+    out = Path(args.output) if args.output is not None else resolve_path(args.checkpoint).parent.parent / "robustness"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise OSError(f"--output {out} cannot be written ({exc.strerror or exc}): nothing was evaluated") from None
+    return out
+
+
+def check_request(args: argparse.Namespace) -> list[str]:
+    """The requested sets (each once) after the checks that need no file: the device, the folders they need."""
+    resolve_device(args.device)
+    sets = list(dict.fromkeys(args.sets))
+    if any(s in VARIANTS and s != "real" for s in sets) and args.variants is None:
+        raise ConfigError(f"--sets {','.join(sets)} needs --variants (the folder tools.prepare_data wrote)")
+    if any(s in NEEDS_IMAGENET for s in sets) and args.imagenet is None:
+        raise ConfigError(f"--sets {','.join(s for s in sets if s in NEEDS_IMAGENET)} needs --imagenet (its val split)")
+    return sets
+
+
+def resolve_device(name: str) -> torch.device:
+    """``--device``: auto (cuda when there is a GPU), cpu or cuda (a ConfigError when there is none)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but torch sees no CUDA GPU here: use --device cpu (or auto)")
+    return torch.device(name)
+
+
 def evenly_spread(dataset, limit: int):
     """``limit`` images of ``dataset`` evenly spread (every class keeps its share), or the dataset itself."""
     if not limit or limit >= len(dataset):
@@ -109,14 +165,12 @@ def evenly_spread(dataset, limit: int):
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Every requested set -> the metrics dict (also written to ``--output``/robustness_metrics.json)."""
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    sets = check_request(args)
+    device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     clf = load_finetuned(args.checkpoint, args.classes, device)
-    sets = list(dict.fromkeys(args.sets))
-    if any(s in VARIANTS and s != "real" for s in sets) and args.variants is None:
-        raise ConfigError(f"--sets {','.join(sets)} needs --variants (the folder tools.prepare_data wrote)")
-    if any(s in NEEDS_IMAGENET for s in sets) and args.imagenet is None:
-        raise ConfigError(f"--sets {','.join(s for s in sets if s in NEEDS_IMAGENET)} needs --imagenet (its val split)")
+    perturbations = (position_perturbations(args, clf.img_size, clf.model.grid_size[0], clf.model.num_patches)
+                     if "position" in sets else None)
     eval_tf = build_eval_transform(clf.img_size, crop_pct=clf.crop_pct)
     common = dict(batch_size=args.batch_size, workers=args.workers, device=device, precision=precision)
     model = clf.model
@@ -143,9 +197,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             consumers.append(recorder)
             labels, labels_from = load_real_labels(args.real_labels or _prepared_real(args.variants), clf.classes)
         position = None
-        if "position" in sets:
-            grid = model.grid_size[0]
-            perturbations = default_perturbations(grid, args.shuffles, args.drops, args.occlusions)
+        if perturbations is not None:
             position = PositionRows(model, perturbations, args.seed)
             consumers.append(position)
         predict(lambda x, _: model(x), val, consumers=consumers, **common)
@@ -244,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="draws the shuffles, drop sets and occluder places")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     p.add_argument("--skip-bad", action="store_true", help="drop unreadable images instead of stopping")
     p.add_argument("--output", type=Path, default=None, help="default: robustness/ beside the checkpoint's folder")
@@ -257,10 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> None:
         if args.batch_size < 1 or args.workers < 0 or args.val_images < 0:
             raise ConfigError("--batch-size must be >= 1, --workers and --val-images >= 0")
+        check_request(args)
+        out = output_folder(args)
         metrics = evaluate(args)
-        ckpt = Path(metrics["checkpoint"])
-        out = args.output or ckpt.parent.parent / "robustness"
-        path = atomic_write_json(Path(out) / METRICS_FILE, metrics)
+        path = atomic_write_json(out / METRICS_FILE, metrics)
         print("\n".join(summary_lines(metrics)))
         print(f"[robustness] wrote {path}", flush=True)
 

@@ -376,6 +376,44 @@ def test_builtin_corruptions_severities_name_the_option(text, small_builtin, tmp
     assert "argument --severities" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("opts, named", [(["--drops", "1.5"], "--drops 1.5"), (["--drops", "0.99"], "--drops 0.99"),
+                                         (["--shuffles", "3"], "--shuffles 3"), (["--shuffles", "0"], "--shuffles 0"),
+                                         (["--occlusions", "0"], "--occlusions 0"),
+                                         (["--occlusions", "0.5,0.5"], "the same perturbation twice"),
+                                         (["--device", "cuda"], "--device cuda")])
+def test_robustness_bad_options_stop_before_any_forward_pass(opts, named, small_builtin, tmp_path, capsys,
+                                                            monkeypatch):
+    import classification.robustness as rob
+
+    monkeypatch.setattr(rob, "predict", lambda *a, **k: pytest.fail("a forward pass ran"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = small_builtin / "imagenet"
+    ckpt = _finetuned(tmp_path, data)
+    args = ["--checkpoint", str(ckpt), "--sets", "position", "--imagenet", str(data), "--workers", "0",
+            "--output", str(tmp_path / "rob"), *opts]
+    assert robustness_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error:") and named in err[0], err
+
+
+def test_robustness_unwritable_output_and_unknown_device_fail_first(small_builtin, tmp_path, capsys, monkeypatch):
+    import classification.robustness as rob
+
+    monkeypatch.setattr(rob, "predict", lambda *a, **k: pytest.fail("a forward pass ran"))
+    data = small_builtin / "imagenet"
+    ckpt = _finetuned(tmp_path, data)
+    (tmp_path / "a_file").write_text("")
+    for output in (tmp_path / "a_file", tmp_path / "a_file" / "rob", Path("/dev/null/rob")):
+        assert robustness_main(["--checkpoint", str(ckpt), "--sets", "position", "--imagenet", str(data),
+                                "--output", str(output)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: --output {output} cannot be written"), err
+    with pytest.raises(SystemExit) as exit_:
+        robustness_main(["--checkpoint", str(ckpt), "--sets", "position", "--imagenet", str(data),
+                         "--device", "bogus"])
+    assert exit_.value.code == 2 and "argument --device: invalid choice: 'bogus'" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ the end-to-end run's stages, tables, picture
 def _robustness_metrics(top1: float) -> dict:
     rows = {"clean": {"kind": "clean", "value": None, "top1": top1},
