@@ -93,3 +93,29 @@ def test_ablation_stages_carry_the_recipe_the_check_compares(tmp_path):
     stages = build_ablation_stages(profile, tmp_path / "abl", points, 1, 1, ("pretrain", "finetune"))
     assert stages and all(stage_inputs(s)["recipe_sha256"] for s in stages if s.name == "pretrain")
     assert all(stage_inputs(s)["recipe_sha256"] for s in stages)
+
+
+def test_the_robustness_stages_worker_count_is_no_input_its_batch_size_is(tmp_path):
+    """``--workers`` (data-loader processes) of the robustness command changes nothing it computes: a run with
+    other workers skips the finished stage; ``--batch-size`` may move its logits' rounding, so it counts."""
+    import dataclasses
+
+    from analysis.reproduce import profiles
+    from analysis.reproduce.stages import build_stage_table
+
+    def robustness(workers: int, batch: str | None = None):
+        p = dataclasses.replace(profiles.demo_profile(tmp_path / "data", workers), check=False)
+        if batch is not None:
+            flags = list(p.robustness_flags)
+            flags[flags.index("--batch-size") + 1] = batch
+            p = dataclasses.replace(p, robustness_flags=flags)
+        return next(s for s in build_stage_table(p, tmp_path / "out", ["mae"]) if s.name == "robustness")
+
+    one, four = robustness(1), robustness(4)
+    assert "--workers" in one.command and one.command != four.command
+    assert stage_inputs(one) == stage_inputs(four) and "--workers" not in stage_inputs(one)["arguments"]
+    assert stage_inputs(robustness(1, "50"))["arguments"] != stage_inputs(one)["arguments"]
+    from analysis.reproduce.stage_inputs import changes
+
+    earlier = {**stage_inputs(one), "arguments": one.command[one.command.index("-m"):]}  # recorded with --workers
+    assert "--workers" in earlier["arguments"] and changes(earlier, stage_inputs(four)) == []

@@ -24,7 +24,9 @@ from .stages import ROOT, Stage
 INPUTS_FILE = "stage_inputs.json"
 # arguments that change how a stage runs, not what it computes
 _IGNORED_PREFIXES = ("data.num_workers=", "train.progress=", "train.tensorboard=", "feature_cache=")
-_IGNORED_FLAGS = ("--num-workers",)
+# (the robustness stage's --workers: data-loader processes; its --batch-size stays: a batch of another size
+# may round its logits otherwise, so a top-1 could move)
+_IGNORED_FLAGS = ("--num-workers", "--workers")
 
 
 def file_sha256(path: str | Path) -> str | None:
@@ -40,8 +42,14 @@ def file_sha256(path: str | Path) -> str | None:
 def _arguments(command: list[str]) -> list[str]:
     """The command from its module or script on, without the arguments that do not change its result."""
     start = next((i for i, a in enumerate(command) if a == "-m" or a.endswith(".py")), 0)
+    return _without_ignored(command[start:])
+
+
+def _without_ignored(arguments: list[str]) -> list[str]:
+    """``arguments`` without those that do not change a stage's result (a record written before one was
+    ignored compares as if it had been)."""
     args, skip = [], False
-    for a in command[start:]:
+    for a in arguments:
         if skip:
             skip = False
             continue
@@ -108,7 +116,7 @@ def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             out.append(f"now reads {path}")
         elif before[path] != now[path]:
             out.append(f"{path} holds other bytes (sha256 {str(before[path])[:12]} -> {str(now[path])[:12]})")
-    a, b = old.get("arguments", []), new.get("arguments", [])
+    a, b = _without_ignored(old.get("arguments", [])), new.get("arguments", [])
     if a != b:
         gone = [x for x in a if x not in b]
         added = [x for x in b if x not in a]
