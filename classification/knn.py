@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pretrain.atomic import atomic_write_json
 from pretrain.data.imagefolder import BadImageTally
@@ -38,35 +38,22 @@ from pretrain.engine.trainer import resolve_precision
 
 from .data import ensure_builtin, eval_dataset
 from .features import EncodedSplit, config_features, frozen_encoder, require_classes, require_images
-from .runs import arch_name, read_checkpoint
+from .runs import arch_name, read_checkpoint, validate_frozen
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 KNN_DEFAULT = CONFIG_DIR / "knn_default.yaml"
 METRICS_FILE = "knn_metrics.json"
-CHOICES = {
-    "model.global_pool": ("token", "avg"),
-    "model.rel_pos": (None, True, False),
-    "train.precision": ("auto", "bf16", "fp16", "fp32"),
-}
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks before any work: the task, the image grid, the choices, k >= 1 and T > 0."""
+    """Checks before any work: the task, the shared frozen-encoder ones (runs.validate_frozen), k >= 1 and T > 0."""
     if cfg.task != "knn":
         raise ConfigError(f"task must be 'knn', got {cfg.task!r}")
-    img, patch = int(cfg.model.img_size), int(cfg.model.patch_size)
-    if img <= 0 or patch <= 0 or img % patch != 0:
-        raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
-    for key, allowed in CHOICES.items():
-        if OmegaConf.select(cfg, key) not in allowed:
-            raise ConfigError(f"config key '{key}' must be one of {allowed}, got {OmegaConf.select(cfg, key)!r}")
+    validate_frozen(cfg, ("knn.feature_batch_size", "knn.query_chunk"))
     if int(cfg.knn.k) < 1:
         raise ConfigError(f"knn.k must be a positive number of neighbours (DINO: 20), got {cfg.knn.k}")
     if not float(cfg.knn.temperature) > 0:
         raise ConfigError(f"knn.temperature must be > 0 (DINO: 0.07), got {cfg.knn.temperature}")
-    for key in ("knn.feature_batch_size", "knn.query_chunk"):
-        if int(OmegaConf.select(cfg, key)) < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
 
 
 def load_knn_config(recipes: str | Sequence[str] | None = None, overrides: Sequence[str] = ()) -> DictConfig:

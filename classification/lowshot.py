@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import Subset as TorchSubset
 
 from pretrain.atomic import atomic_write_json, atomic_write_text
@@ -40,7 +40,7 @@ from pretrain.engine.trainer import resolve_precision
 from .data import ensure_builtin, eval_dataset
 from .features import config_features, frozen_encoder, require_classes, require_images
 from .lowshot_subsets import LowShotError, holdout_mask, resolve
-from .runs import arch_name, read_checkpoint
+from .runs import arch_name, read_checkpoint, validate_frozen
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 LOWSHOT_DEFAULT = CONFIG_DIR / "lowshot_default.yaml"
@@ -51,14 +51,11 @@ PROTOCOL = ("frozen features (no augmentation), StandardScaler fitted on the sub
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks before any work: task, image grid, pooling, subsets, the C grid, holdout share."""
+    """Checks before any work: task, the shared frozen-encoder ones (runs.validate_frozen), subsets, the C
+    grid, holdout share, positive sizes."""
     if cfg.task != "lowshot":
         raise ConfigError(f"task must be 'lowshot', got {cfg.task!r}")
-    img, patch = int(cfg.model.img_size), int(cfg.model.patch_size)
-    if img <= 0 or patch <= 0 or img % patch:
-        raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
-    if cfg.model.global_pool not in ("token", "avg"):
-        raise ConfigError(f"model.global_pool must be token or avg, got {cfg.model.global_pool!r}")
+    validate_frozen(cfg, ("lowshot.max_iter", "lowshot.feature_batch_size"))
     ls = cfg.lowshot
     if not ls.subsets:
         raise ConfigError("lowshot.subsets is empty: name per_class:N or a list file")
@@ -68,9 +65,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"lowshot.fallback_C must be > 0, got {ls.fallback_C}")
     if not 0.0 < float(ls.holdout) < 1.0:
         raise ConfigError(f"lowshot.holdout must lie in (0, 1), got {ls.holdout}")
-    for key in ("lowshot.max_iter", "lowshot.feature_batch_size"):
-        if int(OmegaConf.select(cfg, key)) < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
 
 
 def load_lowshot_config(recipes: str | Sequence[str] | None = None, overrides: Sequence[str] = ()) -> DictConfig:

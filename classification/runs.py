@@ -22,26 +22,39 @@ from pretrain.engine.config import ConfigError
 from pretrain.engine.hooks import Hook
 from pretrain.engine.run import RunEnv, TrainingRun, loop_config
 from pretrain.engine.trainer import Trainer
+from pretrain.models.vit import VIT_SIZES
 
 from .load import LoadReport, PretrainedEncoder, load_pretrained, read_pretrained
 from .loop import EvaluationHook, final_scores
 from .model import needs_rel_pos
 
 
-def validate_common(cfg: DictConfig) -> None:
-    """Checks shared by fine-tuning and linear probing."""
+TRAINED_POSITIVE = ("train.epochs", "train.batch_size", "train.accum_iter", "train.eval_batch_size",
+                    "train.eval_every")
+
+
+def validate_frozen(cfg: DictConfig, positive_keys: Sequence[str] = ()) -> None:
+    """The checks every classification protocol shares (all a frozen-feature one needs of ``model`` and
+    ``train``): the image grid, the ViT size, pooling, ``model.rel_pos``, precision, ``positive_keys`` >= 1."""
     img, patch = int(cfg.model.img_size), int(cfg.model.patch_size)
     if img <= 0 or patch <= 0 or img % patch != 0:
         raise ConfigError(f"model.img_size ({img}) must be a positive multiple of model.patch_size ({patch})")
+    if cfg.model.size not in VIT_SIZES:
+        raise ConfigError(f"model.size must be one of {', '.join(VIT_SIZES)}, got {cfg.model.size!r}")
     if cfg.model.global_pool not in ("avg", "token"):
         raise ConfigError(f"model.global_pool must be 'avg' or 'token', got {cfg.model.global_pool!r}")
     if cfg.model.rel_pos not in (None, True, False):
         raise ConfigError(f"model.rel_pos must be null (auto), true or false, got {cfg.model.rel_pos!r}")
-    for key in ("train.epochs", "train.batch_size", "train.accum_iter", "train.eval_batch_size", "train.eval_every"):
+    for key in positive_keys:
         if int(OmegaConf.select(cfg, key)) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {OmegaConf.select(cfg, key)}")
     if cfg.train.precision not in ("auto", "bf16", "fp16", "fp32"):
         raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
+
+
+def validate_common(cfg: DictConfig) -> None:
+    """Checks shared by fine-tuning and the trained probes (linear, attentive)."""
+    validate_frozen(cfg, TRAINED_POSITIVE)
 
 
 # -------------------------------------------------------------- shared setup

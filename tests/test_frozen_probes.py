@@ -234,6 +234,26 @@ def test_knn_bad_options_are_config_errors(opt, key, tmp_path, capsys):
     assert err.startswith("config error:") and key in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("entry", ["knn", "lowshot", "attentive_probe"])
+@pytest.mark.parametrize("opt, message", [
+    ("train.precision=xx", "train.precision must be auto, bf16, fp16 or fp32, got 'xx'"),
+    ("model.rel_pos=maybe", "model.rel_pos must be null (auto), true or false, got 'maybe'"),
+    ("model.size=giant", "model.size must be one of tiny, small, base, large, huge, got 'giant'"),
+    ("model.patch_size=15", "model.img_size (224) must be a positive multiple of model.patch_size (15)"),
+])
+def test_frozen_protocols_share_the_model_and_train_checks(entry, opt, message, tmp_path, capsys):
+    from classification.lowshot import load_lowshot_config, main as lowshot_main
+
+    load, main = {"knn": (load_knn_config, knn_main), "lowshot": (load_lowshot_config, lowshot_main),
+                  "attentive_probe": (load_attentive_config, attentive_main)}[entry]
+    with pytest.raises(ConfigError) as raised:
+        load(None, [opt])
+    assert str(raised.value) == message
+    assert main([f"train.output_dir={tmp_path}", opt]) == 2  # a one-line config error, before any work
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"config error: {message}"] and not any(tmp_path.iterdir())
+
+
 def test_knn_k_beyond_the_train_images(small_builtin, tmp_path, capsys):
     assert knn_main(["--config", "knn_vit_tiny_builtin.yaml",
                      *builtin_opts(small_builtin, tmp_path, "knn.k=500", "data.limit=30")]) == 2
