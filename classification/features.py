@@ -40,7 +40,7 @@ from pretrain.engine.config import ConfigError
 from pretrain.weights import CheckpointError
 from pretrain.weights.card import file_sha256
 
-from .data import eval_loader
+from .data import eval_dataset, eval_loader
 from .feature_cache import (KEY_VERSION, FeatureCache, code_identity, compute_identity, data_identity, state_digest,
                             transform_identity)
 from .load import LoadReport, PretrainedEncoder
@@ -312,6 +312,17 @@ def require_images(encoded: EncodedSplit, dataset: Dataset, split: str, root: st
     if len(encoded.dataset) == 0:
         raise ConfigError(f"every one of the {len(dataset)} {split} images under {root} was unreadable and left out "
                           "(data.skip_bad=true): nothing to evaluate")
+
+
+def eval_splits(cfg: DictConfig, what: str) -> tuple[Dataset, Dataset]:
+    """The train and val splits of a frozen-feature evaluation, both with the eval transform (no augmentation),
+    refused unless they have the same class folders, at least two (``what`` names the evaluation)."""
+    train, val = eval_dataset(cfg, cfg.data.train_split), eval_dataset(cfg, cfg.data.val_split)
+    require_classes(train, cfg.data.train_split, cfg.data.path, what)
+    if list(train.classes) != list(val.classes):
+        raise ConfigError(f"the class folders of {cfg.data.val_split!r} differ from those of "
+                          f"{cfg.data.train_split!r} under {cfg.data.path}")
+    return train, val
 
 
 def require_classes(dataset: Dataset, split: str, root: str, tag: str) -> None:

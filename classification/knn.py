@@ -36,8 +36,8 @@ from pretrain.engine.config import ConfigError, load_config, save_config
 from pretrain.engine.run import start_run
 from pretrain.engine.trainer import resolve_precision
 
-from .data import ensure_builtin, eval_dataset
-from .features import EncodedSplit, config_features, frozen_encoder, require_classes, require_images
+from .data import ensure_builtin
+from .features import EncodedSplit, config_features, eval_splits, frozen_encoder, require_images
 from .runs import arch_name, read_checkpoint, validate_frozen
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -124,11 +124,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     device = env.device
     precision = resolve_precision(cfg.train.precision, device)
     ensure_builtin(cfg)
-    train_images, val_images = eval_dataset(cfg, cfg.data.train_split), eval_dataset(cfg)
-    if list(train_images.classes) != list(val_images.classes):
-        raise ConfigError(f"the class folders of {cfg.data.val_split!r} differ from those of "
-                          f"{cfg.data.train_split!r} under {cfg.data.path}")
-    require_classes(train_images, cfg.data.train_split, cfg.data.path, "k-NN evaluation")
+    train_images, val_images = eval_splits(cfg, "k-NN evaluation")
     k, temperature = int(cfg.knn.k), float(cfg.knn.temperature)
     if k > len(train_images):  # surely too many; check_readable compares k with the readable images
         raise ConfigError(f"knn.k={k} exceeds the {len(train_images)} train images under {cfg.data.path}")

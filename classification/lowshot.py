@@ -37,8 +37,9 @@ from pretrain.engine.config import ConfigError, load_config, save_config
 from pretrain.engine.run import start_run
 from pretrain.engine.trainer import resolve_precision
 
-from .data import ensure_builtin, eval_dataset
-from .features import config_features, frozen_encoder, require_classes, require_images
+from .data import ensure_builtin
+from .feature_cache import image_folder_of
+from .features import config_features, eval_splits, frozen_encoder, require_images
 from .lowshot_subsets import LowShotError, holdout_mask, resolve
 from .runs import arch_name, read_checkpoint, validate_frozen
 
@@ -119,25 +120,15 @@ def topk(model: Any, features: np.ndarray, labels: np.ndarray) -> dict[str, floa
     return {"top1": 100.0 * float(hits[:, 0].mean()), "top5": 100.0 * float(hits.any(1).mean())}
 
 
-def labelled_and_val(cfg: DictConfig) -> tuple[Any, Any]:
-    """The train split (where the labelled images come from) and the val split, both with the eval transform."""
-    train, val = (eval_dataset(cfg, split) for split in (cfg.data.train_split, cfg.data.val_split))
-    require_classes(train, cfg.data.train_split, cfg.data.path, "low-shot evaluation")
-    if list(val.classes) != list(train.classes):
-        raise ConfigError(f"{cfg.data.path}: the val split {cfg.data.val_split!r} has other class folders than "
-                          f"the train split {cfg.data.train_split!r}")
-    return train, val
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Every low-shot subset -> its val top-1 / top-5; returns the metrics (also in lowshot_metrics.json)."""
     env = start_run(cfg)
     ensure_builtin(cfg)
-    train_images, val_images = labelled_and_val(cfg)
+    # the train split (where the labelled images come from) and the val split, both with the eval transform
+    train_images, val_images = eval_splits(cfg, "low-shot evaluation")
     device = env.device
     precision = resolve_precision(cfg.train.precision, device)
-    base = train_images.dataset if isinstance(train_images, TorchSubset) else train_images
-    positions = train_images.indices if isinstance(train_images, TorchSubset) else range(len(base))
+    base, positions = image_folder_of(train_images)
     samples = [base.samples[i] for i in positions]
     classes = list(train_images.classes)
     root = Path(cfg.data.path)
@@ -158,7 +149,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     union = sorted({i for s in subsets for i in s.indices})
     fbs = int(ls.feature_batch_size)
     labelled = TorchSubset(train_images, union)
-    labelled.classes = classes
     train_pass = config_features(cfg, encoder, labelled, "pooled", fbs, device, precision, "lowshot")
     val_pass = config_features(cfg, encoder, val_images, "pooled", fbs, device, precision, "lowshot")
     require_images(val_pass, val_images, cfg.data.val_split, cfg.data.path)

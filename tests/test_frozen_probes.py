@@ -254,6 +254,21 @@ def test_frozen_protocols_share_the_model_and_train_checks(entry, opt, message, 
     assert err == [f"config error: {message}"] and not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("entry", ["knn", "lowshot"])
+def test_frozen_evaluations_refuse_other_val_class_folders_alike(entry, small_builtin, tmp_path, capsys):
+    import shutil
+
+    from classification.lowshot import main as lowshot_main
+
+    root = tmp_path / "data"
+    shutil.copytree(small_builtin / "imagenet", root / "imagenet")
+    shutil.rmtree(sorted((root / "imagenet" / "val").iterdir())[-1])  # val lacks the last class
+    main = {"knn": knn_main, "lowshot": lowshot_main}[entry]
+    assert main(["--config", f"{entry}_vit_tiny_builtin.yaml", *builtin_opts(root, tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"config error: the class folders of 'val' differ from those of 'train' under {root / 'imagenet'}"]
+
+
 def test_knn_k_beyond_the_train_images(small_builtin, tmp_path, capsys):
     assert knn_main(["--config", "knn_vit_tiny_builtin.yaml",
                      *builtin_opts(small_builtin, tmp_path, "knn.k=500", "data.limit=30")]) == 2
