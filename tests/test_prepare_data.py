@@ -525,3 +525,12 @@ def test_roles_from_content_and_corrupt_archives_one_line(tmp_path, official, ca
         for dataset in ("imagenet", "coco"):
             line = fails(capsys, dataset, "--from", str(f), "--to", str(tmp_path / "out"), "--no-verify")
             assert str(f) in line, line
+
+
+def test_imagenet_c_tars_hold_the_mce_benchmark():
+    """variants.py's per-tar grouping is classification.mce's 15 corruptions in mCE order; extras and severities too."""
+    from classification import mce
+    from tools.prepare import variants
+
+    assert tuple(c for group in variants.C_CORRUPTIONS.values() for c in group) == mce.BENCHMARK == variants.C_ORDER
+    assert variants.C_EXTRA == mce.EXTRA and variants.SEVERITIES == ("1", "2", "3", "4", "5")

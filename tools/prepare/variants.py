@@ -68,6 +68,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from classification import mce
+
 from .archives import Member, open_archive
 from .context import Context
 from .errors import PrepareError
@@ -76,16 +78,18 @@ from .imagenet_labels import VAL_NAME, imagenet_wnids, timm_info
 from .staging import Staging
 from .validation import validate_classes
 
+# The benchmark's corruptions, severities and extras are classification.mce's; here only which tar holds which.
 C_CORRUPTIONS = {
     "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
     "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
     "weather": ("snow", "frost", "fog", "brightness"),
     "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression"),
 }
-C_EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-C_ORDER = tuple(c for group in C_CORRUPTIONS.values() for c in group)
+C_ORDER = mce.BENCHMARK
+assert tuple(c for group in C_CORRUPTIONS.values() for c in group) == C_ORDER, "the tars' corruptions are the mCE 15"
+C_EXTRA = mce.EXTRA
 C_PER_SEVERITY = 50_000
-SEVERITIES = ("1", "2", "3", "4", "5")
+SEVERITIES = tuple(str(s) for s in mce.SEVERITIES)  # the severity folder names "1" .. "5"
 
 
 @dataclass(frozen=True)
