@@ -534,3 +534,25 @@ def test_imagenet_c_tars_hold_the_mce_benchmark():
 
     assert tuple(c for group in variants.C_CORRUPTIONS.values() for c in group) == mce.BENCHMARK == variants.C_ORDER
     assert variants.C_EXTRA == mce.EXTRA and variants.SEVERITIES == ("1", "2", "3", "4", "5")
+
+
+def test_lowshot_reads_train_as_the_loaders_do(tmp_path, capsys):
+    """Non-images are not listed; a class folder without images, or no images at all, is one error line."""
+    train = tmp_path / "in" / "train"
+    for k, w in enumerate(WNIDS):
+        (train / w).mkdir(parents=True)
+        for i in range(2):
+            (train / w / f"{w}_{i}.JPEG").write_bytes(jpeg(k))
+    (train / WNIDS[0] / "notes.txt").write_text("not an image")
+    run_cli("imagenet-lowshot", "--from", str(tmp_path / "in"), "--to", str(tmp_path / "out"), "--percent", "100")
+    lines = (tmp_path / "out" / "lowshot" / "100percent.txt").read_text().split()
+    assert lines == [f"{w}/{w}_{i}.JPEG" for w in WNIDS for i in range(2)]
+    (train / "n99999999").mkdir()
+    line = fails(capsys, "imagenet-lowshot", "--from", str(tmp_path / "in"), "--to", str(tmp_path / "out2"),
+                 "--percent", "10")
+    assert "class folders without images" in line and "n99999999" in line
+    for f in train.rglob("*.JPEG"):
+        f.unlink()
+    assert "no images" in fails(capsys, "imagenet-lowshot", "--from", str(tmp_path / "in"), "--to",
+                                str(tmp_path / "out3"), "--percent", "10")
+    assert not (tmp_path / "out2" / "lowshot" / "10percent.txt").exists()

@@ -16,6 +16,7 @@ the same seed and train folder always give the same list.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,13 +28,24 @@ from .staging import read_json, write_json
 
 
 def train_files(train: Path) -> dict[str, list[str]]:
-    """{class: sorted file names} of a train folder."""
+    """{class: its image files} of a train folder, as the loaders scan it (``pretrain.data.imagefolder``:
+    sorted class folders, image extensions only, sorted walk order; for ImageNet's flat class folders the
+    sorted file names); a folder the loaders refuse (no classes, a class without images) is a PrepareError."""
     if not train.is_dir():
         raise PrepareError(f"{train}: no train folder (prepare ImageNet first: tools.prepare_data imagenet)")
-    out = {d.name: sorted(f.name for f in d.iterdir() if f.is_file() and not f.name.startswith("."))
-           for d in sorted(train.iterdir()) if d.is_dir() and not d.name.startswith(".")}
-    if not out:
-        raise PrepareError(f"{train}: no class folders")
+    from pretrain.data.imagefolder import find_classes, scan_class_folders, split_problems
+
+    try:
+        classes = find_classes(train)
+    except FileNotFoundError as exc:
+        raise PrepareError(str(exc)) from None
+    samples, empty, _ = scan_class_folders(train, classes)
+    problems = split_problems(train, samples, empty)
+    if problems:
+        raise PrepareError(f"{problems[0]} (no low-shot lists from a train folder the loaders refuse)")
+    out: dict[str, list[str]] = {c: [] for c in classes}
+    for path, index in samples:
+        out[classes[index]].append(Path(os.path.relpath(path, train / classes[index])).as_posix())
     return out
 
 
