@@ -23,6 +23,7 @@ import functools
 import hashlib
 import os
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -183,6 +184,41 @@ def _slice_view(sequence: torch.Tensor, view: str) -> torch.Tensor:
     return sequence[:, 1:].contiguous() if view == "patch_tokens" else sequence
 
 
+# encoder -> (its state tensors when digested, the digest). Weak keys: an entry goes with its encoder, so a
+# recycled id() never finds another encoder's digest. The tensors are held, so their memory cannot be reused
+# by new ones: equal data pointers and version counters (bumped by every in-place write, load_state_dict's
+# copy_ included) mean the very same, unchanged tensors.
+_STATE_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, tuple[list[tuple[str, torch.Tensor, int]], str]]" = \
+    weakref.WeakKeyDictionary()
+
+
+def _state_snapshot(encoder: nn.Module) -> list[tuple[str, torch.Tensor, int]] | None:
+    try:
+        return [(name, t, t._version) for name, t in encoder.state_dict().items()]
+    except RuntimeError:  # e.g. an inference-mode tensor has no version counter: never memoised
+        return None
+
+
+def _same_tensors(now: list[tuple[str, torch.Tensor, int]], then: list[tuple[str, torch.Tensor, int]]) -> bool:
+    return len(now) == len(then) and all(
+        n1 == n2 and v1 == v2 and t1.data_ptr() == t2.data_ptr() and t1.dtype == t2.dtype and t1.shape == t2.shape
+        and t1.stride() == t2.stride() and t1.device == t2.device
+        for (n1, t1, v1), (n2, t2, v2) in zip(now, then))
+
+
+def encoder_state_digest(encoder: nn.Module) -> str:
+    """:func:`~classification.feature_cache.state_digest` of ``encoder``, computed once while its state tensors
+    stay the same objects, unwritten (a frozen encoder's every split and view share one digest)."""
+    now = _state_snapshot(encoder)
+    memo = _STATE_DIGESTS.get(encoder)
+    if now is not None and memo is not None and _same_tensors(now, memo[0]):
+        return memo[1]
+    digest = state_digest(encoder)
+    if now is not None:
+        _STATE_DIGESTS[encoder] = (now, digest)
+    return digest
+
+
 def _weights_identity(encoder: nn.Module, checkpoint: str | os.PathLike | None) -> dict[str, Any]:
     """The checkpoint file's sha256 (none: random initialisation) and the loaded weights' and modules' digests."""
     blocks = getattr(encoder, "blocks", [])
@@ -192,7 +228,7 @@ def _weights_identity(encoder: nn.Module, checkpoint: str | os.PathLike | None) 
             "global_pool": getattr(encoder, "global_pool", None),
             "modules": hashlib.sha256(repr(encoder).encode()).hexdigest()}
     no_file = checkpoint in (None, "", "none")
-    return {"checkpoint_sha256": None if no_file else file_sha256(checkpoint), "state": state_digest(encoder),
+    return {"checkpoint_sha256": None if no_file else file_sha256(checkpoint), "state": encoder_state_digest(encoder),
             "arch": arch}
 
 
@@ -263,13 +299,15 @@ def encode_dataset(
     if cache_dir is None:
         return EncodedSplit(compute(view), "off", None, time.time() - t0)
     cache = FeatureCache(cache_dir)
-    own = entry_key(encoder, dataset, view, batch_size, precision, device, checkpoint)
     sequence = _token_pooled(encoder)
-    keys = ([{**own, "view": "sequence"}] if sequence else []) + [own]
     main = du.is_main_process()
+    keys: list[dict[str, Any]] | None = None
+    if main:  # the keys (weights digest, every file's stat) are made on rank 0 only and sent with its decision
+        own = entry_key(encoder, dataset, view, batch_size, precision, device, checkpoint)
+        keys = ([{**own, "view": "sequence"}] if sequence else []) + [own]
     with cache.lock(keys[0]) if main else contextlib.nullcontext():  # one lock for every view of the split
         found_key, found, why = _lookup(cache, keys) if main else (None, None, "")
-        hit = du.all_gather_object(found_key)[0]  # rank 0 decides; the entry is complete once it is seen
+        hit, keys = du.all_gather_object((found_key, keys))[0]  # rank 0 decides; the entry is complete once seen
         if hit is not None:
             if not main:
                 found, _ = cache.read(hit)

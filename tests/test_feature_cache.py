@@ -136,6 +136,59 @@ def test_a_pass_that_left_unreadable_images_out_is_not_stored(small_builtin, tmp
     assert not list((tmp_path / "cache").glob("*.features.pt"))
 
 
+def test_the_weights_digest_is_made_once_per_unchanged_encoder(small_builtin, tmp_path, monkeypatch):
+    import classification.features as features
+    from classification.feature_cache import state_digest
+
+    calls = []
+    monkeypatch.setattr(features, "state_digest", lambda m: calls.append(1) or state_digest(m))
+    enc, data = encoder(), images(small_builtin)
+    before = state_digest(enc)
+
+    def digest() -> str:
+        return features.entry_key(enc, data, "pooled", 8, "fp32", CPU, None)["weights"]["state"]
+
+    assert digest() == digest() == before and len(calls) == 1  # the key as before, the state hashed once
+    first = encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path)
+    assert encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path).cache == "hit" and len(calls) == 1
+    # a weight written in place, weights loaded, a parameter replaced: hashed again, never a stale key
+    saved = {k: v.clone() for k, v in enc.state_dict().items()}
+    with torch.no_grad():
+        enc.blocks[0].attn.qkv.weight.add_(1.0)
+    assert digest() == state_digest(enc) != before and len(calls) == 2
+    changed = encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path)
+    assert changed.cache == "stored" and changed.file != first.file
+    enc.load_state_dict(saved)
+    assert digest() == before and len(calls) == 3
+    enc.cls_token = torch.nn.Parameter(enc.cls_token.detach() + 1.0)
+    assert digest() == state_digest(enc) != before and len(calls) == 4
+    enc.cls_token = torch.nn.Parameter(saved["cls_token"].clone())
+    assert encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path).file == first.file
+
+
+def test_only_rank_0_makes_the_keys_and_sends_them(small_builtin, tmp_path, monkeypatch):
+    import classification.features as features
+    from pretrain.engine import distributed as du
+
+    enc, data = encoder(), images(small_builtin)
+    sent = []
+    monkeypatch.setattr(du, "all_gather_object", lambda obj: sent.append(obj) or [obj])
+    stored = encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path)  # rank 0: computes and stores
+    (rank0,) = sent
+    assert rank0[0] is None and rank0[1][0]["view"] == "sequence" and features.FeatureCache(tmp_path).path(
+        rank0[1][0]) == stored.file
+    # another rank: no key of its own (no state hashed, no file stat), rank 0's decision and keys
+    monkeypatch.setattr(du, "is_main_process", lambda: False)
+    monkeypatch.setattr(features, "entry_key", lambda *a, **k: pytest.fail("a non-main rank made a key"))
+    monkeypatch.setattr(du, "all_gather_object", lambda obj: [(rank0[1][0], rank0[1])] if obj == (None, None)
+                        else pytest.fail(f"sent {obj!r}"))
+    other = encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path)
+    assert other.cache == "hit" and other.file == stored.file and torch.equal(other.features, stored.features)
+    monkeypatch.setattr(du, "all_gather_object", lambda obj: [(None, rank0[1])])  # a miss: computed, not written
+    missed = encode_dataset(enc, data, batch_size=8, cache_dir=tmp_path)
+    assert missed.cache == "stored" and missed.file == stored.file and torch.equal(missed.features, stored.features)
+
+
 def history(out: Path) -> list:
     """Every epoch's numbers (losses, accuracies, lr) without its timings."""
     rows = json.loads((out / "classification_metrics.json").read_text())["history"]
