@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from pretrain.engine import distributed as du
 from pretrain.engine.trainer import autocast_context
 
+from .scoring import topk_hits
+
 
 @torch.no_grad()
 def evaluate(
@@ -42,11 +44,10 @@ def evaluate(
         with autocast_context(device, precision):
             logits = model(inputs)
         logits = logits.float()
-        k = min(5, logits.shape[1])
-        hits = logits.topk(k, dim=1).indices.eq(target[:, None])  # [B, k]
+        hits = topk_hits(logits, target).sum(0).double()  # top-1, top-5 hits (top-C with C < 5 classes)
         totals += torch.stack([
-            hits[:, 0].sum().double(),
-            hits.any(dim=1).sum().double(),
+            hits[0],
+            hits[1],
             F.cross_entropy(logits, target, reduction="sum").double(),
             torch.tensor(float(target.numel()), dtype=torch.float64, device=device),
         ])

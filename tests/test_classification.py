@@ -129,6 +129,26 @@ def test_evaluate_counts_top1_top5():
     assert stats["top1"] == 0 and stats["top5"] == pytest.approx(200 / 3)
 
 
+def test_evaluate_scores_bit_for_bit_as_its_own_topk_rule_did():
+    """evaluate counts hits with scoring.topk_hits: the same numbers as the top-k rule it had (ties, C < 5)."""
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (3, 5, 10):
+        batches = [(torch.randint(0, 4, (17, classes), generator=g).float(),  # many ties
+                    torch.randint(0, classes, (17,), generator=g)) for _ in range(3)]
+        right1 = right5 = loss = 0.0
+        for logits, target in batches:
+            hits = logits.topk(min(5, classes), dim=1).indices.eq(target[:, None])
+            right1 += float(hits[:, 0].sum().double())
+            right5 += float(hits.any(dim=1).sum().double())
+            loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum").double())
+        stats = evaluate(Fixed(), batches, torch.device("cpu"))
+        assert stats == {"top1": 100.0 * right1 / 51, "top5": 100.0 * right5 / 51, "loss": loss / 51, "count": 51}
+
+
 # ------------------------------------------------------------------ loading checkpoints
 @pytest.fixture(scope="module")
 def vit_base_avg():
