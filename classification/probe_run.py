@@ -98,13 +98,14 @@ def probe_step_fn(device: torch.device, encoder: nn.Module | None, features: Fea
     return step
 
 
-def require_batch(cfg: DictConfig, images: int, what: str) -> None:
-    """Refuse a training split smaller than one batch per process: an epoch would have no step (drop_last)."""
+def require_batch(cfg: DictConfig, images: int, what: str, note: str = "") -> None:
+    """Refuse a training split smaller than one batch per process: an epoch would have no step (drop_last).
+    ``note`` follows the folder in the message (e.g. that ``images`` is an upper bound)."""
     world, batch, accum = du.get_world_size(), int(cfg.train.batch_size), int(cfg.train.accum_iter)
     if images < batch * world * accum:
         raise ConfigError(f"train.batch_size={batch} x train.accum_iter={accum} x {world} process(es) exceeds the "
-                          f"{images} {what} under {cfg.data.path}/{cfg.data.train_split}: an epoch would have no step "
-                          "(lower train.batch_size)")
+                          f"{images} {what} under {cfg.data.path}/{cfg.data.train_split}{note}: an epoch would have "
+                          "no step (lower train.batch_size)")
 
 
 @dataclass
@@ -134,6 +135,8 @@ def probe_inputs(cfg: DictConfig, setup: ProbeSetup, head: nn.Module, view: str 
         return ProbeInputs(loader, sampler, val_loader, FrozenProbe(encoder, head, features),
                            probe_step_fn(device, encoder, features), 0.0)
     fbs, tag = int(cfg.probe.feature_batch_size), setup.run_dir.tag
+    # before the feature pass, on the split's size (no more can be readable); again after it on the readable ones
+    require_batch(cfg, len(setup.train_images), "readable train images", " (at most: every file of the split)")
     train = config_features(cfg, encoder, setup.train_images, view, fbs, device, setup.precision, tag)
     val = config_features(cfg, encoder, setup.val_images, view, fbs, device, setup.precision, tag)
     require_images(train, setup.train_images, cfg.data.train_split, cfg.data.path)

@@ -100,6 +100,27 @@ def test_a_batch_larger_than_the_training_split_is_one_line(small_builtin, tmp_p
     one_line(capsys.readouterr().err, "train.batch_size=128", "exceeds the 20 readable train images")
 
 
+@pytest.mark.parametrize("entry", ["attentive_probe", "linear_probe"])
+def test_a_cached_probe_checks_the_batch_before_its_feature_pass(entry, small_builtin, data, tmp_path, capsys,
+                                                                 monkeypatch):
+    import classification.probe_run as probe_run
+
+    main = {"attentive_probe": attentive_main, "linear_probe": probe_main}[entry]
+    real = probe_run.config_features
+    monkeypatch.setattr(probe_run, "config_features", lambda *a, **k: pytest.fail("the feature pass ran"))
+    assert main(["--config", f"{entry}_vit_tiny_builtin.yaml", *opts(small_builtin, tmp_path / "run", "data.limit=20",
+                                                                     "train.batch_size=21", "train.epochs=1")]) == 2
+    one_line(capsys.readouterr().err, "train.batch_size=21", "exceeds the 20 readable train images", "(at most")
+    # the split is large enough, its readable images are not: refused after the pass, as before
+    monkeypatch.setattr(probe_run, "config_features", real)
+    spoil(data, "train", 100)
+    assert main(["--config", f"{entry}_vit_tiny_builtin.yaml", *opts(data, tmp_path / "run2", "data.skip_bad=true",
+                                                                     "train.batch_size=21", "train.epochs=1")]) == 2
+    err = capsys.readouterr().err
+    one_line(err, "train.batch_size=21", "exceeds the 20 readable train images")
+    assert "(at most" not in err
+
+
 def test_a_cached_probe_with_every_val_image_unreadable_is_an_error(data, tmp_path, capsys):
     spoil(data, "val")
     assert probe_main(["--config", "linear_probe_vit_tiny_builtin.yaml",
