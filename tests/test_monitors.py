@@ -151,6 +151,26 @@ def test_bad_monitor_input_one_line_before_training(small_builtin, tmp_path, cap
     assert not out.exists()  # nothing trained, nothing written
 
 
+@pytest.mark.parametrize("value", ["abc", "true", "inf"])
+def test_bad_probe_drop_ratio_names_its_key_and_only_matters_with_the_position_monitor(value):
+    """Not 'could not convert string to float': the key is named; without the position monitor it is not read."""
+    base = ["train.monitor.every_epochs=1", f"train.monitor.probe_drop_ratio={value}"]
+    with pytest.raises(ConfigError, match="config key 'train.monitor.probe_drop_ratio' must be a finite number"):
+        load_config("droppos_vit_tiny_builtin.yaml", base)
+    from pretrain.engine.monitor_config import monitor_settings
+
+    cfg = load_config("droppos_vit_tiny_builtin.yaml", [*base, "train.monitor.monitors=[knn,rankme]"])
+    assert monitor_settings(cfg).drop_ratio is None
+    cfg = load_config("mae_vit_tiny_builtin.yaml", ["train.monitor.every_epochs=1", "train.monitor.crop_pct=0.5"])
+    settings = monitor_settings(cfg)
+    assert (settings.drop_ratio, settings.crop_pct, settings.images) == (0.75, 0.5, 10000)  # default.yaml's
+
+
+def test_a_null_monitor_setting_is_refused_naming_its_key():
+    with pytest.raises(ConfigError, match="config key 'train.monitor.batch_size' must be set"):
+        load_config("droppos_vit_tiny_builtin.yaml", ["train.monitor.every_epochs=1", "train.monitor.batch_size=null"])
+
+
 def test_keep_checkpoints_flag():
     assert flag_as_override(["a=1", "--keep-checkpoints-every", "5"]) == ["a=1", "train.keep_checkpoints_every=5"]
     assert flag_as_override(["--keep-checkpoints-every=2"]) == ["train.keep_checkpoints_every=2"]

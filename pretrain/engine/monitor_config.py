@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
+
+from ..models.option_checks import number
 
 SECTION = "train.monitor"
 MONITORS = ("knn", "position", "rankme")  # weighted k-NN top-1, position-probe top-1, RankMe
+NULLABLE = ("every_epochs", "probe_drop_ratio")  # the keys of train.monitor whose null means something
 DEFAULT_DROP_RATIO = 0.75  # the probe's drop ratio for methods without one (MAE, AdPE): DropPos's pos_drop
 
 
 @dataclass(frozen=True)
 class MonitorSettings:
-    """What ``train.monitor`` asks for (see ``pretrain/configs/default.yaml``)."""
+    """What ``train.monitor`` asks for (every key and its default: ``pretrain/configs/default.yaml``)."""
 
     every_epochs: int
     monitors: tuple[str, ...]
@@ -29,7 +32,7 @@ class MonitorSettings:
     crop_pct: float
     knn_k: int
     knn_temperature: float
-    drop_ratio: float
+    drop_ratio: float | None  # the position probe's (None when the position monitor is off)
     probe_steps: int
     probe_lr: float
     probe_weight_decay: float
@@ -42,55 +45,57 @@ class MonitorSettings:
         return epoch % self.every_epochs == 0 or epoch == total_epochs
 
 
-def _get(cfg: DictConfig, key: str, default=None):
-    return OmegaConf.select(cfg, f"{SECTION}.{key}", default=default)
-
-
 def recipe_drop_ratio(cfg: DictConfig) -> float:
     """The position probe's drop ratio: ``train.monitor.probe_drop_ratio``, else the recipe's
-    (``droppos.pos_drop_ratio`` for DropPos; 0.75 for methods that drop no position)."""
-    given = _get(cfg, "probe_drop_ratio")
+    (``droppos.pos_drop_ratio`` for DropPos; 0.75 for methods that drop no position).
+    OptionError (a ValueError) naming the key for a value that is no finite number."""
+    given = cfg.train.monitor.probe_drop_ratio
     if given is not None:
-        return float(given)
+        return number(f"{SECTION}.probe_drop_ratio", given)
     if cfg.method == "droppos":
         return float(cfg.droppos.pos_drop_ratio)
     return DEFAULT_DROP_RATIO
 
 
 def monitor_settings(cfg: DictConfig) -> MonitorSettings | None:
-    """The monitors a run config asks for, or None when they are off (``every_epochs: null``)."""
-    every = _get(cfg, "every_epochs")
-    if every is None:
+    """The monitors a run config (``load_config``'s: every key present) asks for, or None when they are
+    off (``every_epochs: null``)."""
+    m = cfg.train.monitor
+    if m.every_epochs is None:
         return None
+    monitors = tuple(str(name) for name in m.monitors)
     return MonitorSettings(
-        every_epochs=int(every),
-        monitors=tuple(str(m) for m in _get(cfg, "monitors", MONITORS)),
-        split=str(_get(cfg, "split", "val")),
-        images=int(_get(cfg, "images", 0)),
-        bank_images=int(_get(cfg, "bank_images", 0)),
-        batch_size=int(_get(cfg, "batch_size", 256)),
-        crop_pct=float(_get(cfg, "crop_pct", 0.875)),
-        knn_k=int(_get(cfg, "knn_k", 20)),
-        knn_temperature=float(_get(cfg, "knn_temperature", 0.07)),
-        drop_ratio=recipe_drop_ratio(cfg),
-        probe_steps=int(_get(cfg, "probe_steps", 300)),
-        probe_lr=float(_get(cfg, "probe_lr", 3e-3)),
-        probe_weight_decay=float(_get(cfg, "probe_weight_decay", 1e-4)),
-        probe_batch_size=int(_get(cfg, "probe_batch_size", 1024)),
-        probe_tokens_per_image=int(_get(cfg, "probe_tokens_per_image", 16)),
-        seed=int(_get(cfg, "seed", 0)),
+        every_epochs=int(m.every_epochs),
+        monitors=monitors,
+        split=str(m.split),
+        images=int(m.images),
+        bank_images=int(m.bank_images),
+        batch_size=int(m.batch_size),
+        crop_pct=float(m.crop_pct),
+        knn_k=int(m.knn_k),
+        knn_temperature=float(m.knn_temperature),
+        drop_ratio=recipe_drop_ratio(cfg) if "position" in monitors else None,
+        probe_steps=int(m.probe_steps),
+        probe_lr=float(m.probe_lr),
+        probe_weight_decay=float(m.probe_weight_decay),
+        probe_batch_size=int(m.probe_batch_size),
+        probe_tokens_per_image=int(m.probe_tokens_per_image),
+        seed=int(m.seed),
     )
 
 
 def check_monitor_config(cfg: DictConfig) -> None:
-    """One clear ValueError per bad ``train.monitor`` value (the config validation makes it a ConfigError)."""
-    every = _get(cfg, "every_epochs")
+    """One clear ValueError per bad ``train.monitor`` value (the config validation makes it a ConfigError).
+
+    The types are the default config's (``load_config`` checks them); what is left are the ranges."""
+    m = cfg.train.monitor
+    every = m.every_epochs
     if every is None:
         return
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"config key '{SECTION}.every_epochs' must be a number of epochs >= 1 "
                           f"(null turns the monitors off), got {every!r}")
-    names = _get(cfg, "monitors", MONITORS)
+    names = m.monitors
     if isinstance(names, str) or not names:
         raise ValueError(f"config key '{SECTION}.monitors' must be a non-empty list of {', '.join(MONITORS)}, "
                           f"got {names!r}")
@@ -98,22 +103,22 @@ def check_monitor_config(cfg: DictConfig) -> None:
         if name not in MONITORS:
             raise ValueError(f"config key '{SECTION}.monitors' names an unknown monitor {name!r}; "
                               f"choose from {', '.join(MONITORS)}")
+    for key, value in m.items():
+        if value is None and key not in NULLABLE:
+            raise ValueError(f"config key '{SECTION}.{key}' must be set (only {' and '.join(NULLABLE)} may be null)")
     for key in ("images", "bank_images"):
-        if int(_get(cfg, key, 0)) < 0:
-            raise ValueError(f"config key '{SECTION}.{key}' must be >= 0 (0 = the whole split), got {_get(cfg, key)}")
+        if int(m[key]) < 0:
+            raise ValueError(f"config key '{SECTION}.{key}' must be >= 0 (0 = the whole split), got {m[key]}")
     for key in ("batch_size", "knn_k", "probe_steps", "probe_batch_size", "probe_tokens_per_image"):
-        value = _get(cfg, key)
-        if value is not None and int(value) < 1:
-            raise ValueError(f"config key '{SECTION}.{key}' must be >= 1, got {value}")
+        if int(m[key]) < 1:
+            raise ValueError(f"config key '{SECTION}.{key}' must be >= 1, got {m[key]}")
     for key in ("knn_temperature", "probe_lr"):
-        value = _get(cfg, key)
-        if value is not None and not float(value) > 0:
-            raise ValueError(f"config key '{SECTION}.{key}' must be > 0, got {value}")
-    crop = _get(cfg, "crop_pct")
-    if crop is not None and not 0.0 < float(crop) <= 1.0:
-        raise ValueError(f"config key '{SECTION}.crop_pct' must lie in (0, 1], got {crop}")
-    ratio = recipe_drop_ratio(cfg)
+        if not float(m[key]) > 0:
+            raise ValueError(f"config key '{SECTION}.{key}' must be > 0, got {m[key]}")
+    if not 0.0 < float(m.crop_pct) <= 1.0:
+        raise ValueError(f"config key '{SECTION}.crop_pct' must lie in (0, 1], got {m.crop_pct}")
     if "position" in names:
+        ratio = recipe_drop_ratio(cfg)
         patches = (int(cfg.model.img_size) // int(cfg.model.patch_size)) ** 2
         if not 0.0 < ratio <= 1.0 or round(ratio * patches) < 1:
             raise ValueError(f"the position monitor's drop ratio {ratio} drops no position of the {patches} patches "

@@ -162,8 +162,8 @@ class OnlineMonitor:
         self.settings, self.grid, self.num_patches = settings, grid, num_patches
         self.skip_bad = bool(cfg.data.skip_bad)
         self.workers = int(cfg.data.num_workers)
-        self.bank = self._open(cfg, str(cfg.data.split), settings.bank_images, "bank_images")
-        self.held = self._open(cfg, settings.split, settings.images, "images")
+        self.bank = self._open(cfg, str(cfg.data.split), settings.bank_images, "bank_images", settings.crop_pct)
+        self.held = self._open(cfg, settings.split, settings.images, "images", settings.crop_pct)
         if list(self.bank.classes) != list(self.held.classes):
             raise ConfigError(f"{SECTION}.split={settings.split!r}: its class folders under {cfg.data.path} differ "
                               f"from those of the training split {cfg.data.split!r}")
@@ -177,11 +177,11 @@ class OnlineMonitor:
                            probe_tables(len(self.held), *args, seed=settings.seed + 1))
 
     @staticmethod
-    def _open(cfg: DictConfig, split: str, images: int, key: str):
+    def _open(cfg: DictConfig, split: str, images: int, key: str, crop_pct: float):
         """``images`` eval-transformed images of ``split``, spread as ``classification.data.image_dataset``
         spreads ``data.limit``; unreadable ones come back as None (left out of the pass, counted)."""
         view = OmegaConf.create({"data": {"path": str(cfg.data.path), "skip_bad": True, "limit": int(images),
-                                          "crop_pct": float(OmegaConf.select(cfg, f"{SECTION}.crop_pct", default=0.875))},
+                                          "crop_pct": float(crop_pct)},
                                  "model": {"img_size": int(cfg.model.img_size)}})
         try:
             ds = eval_dataset(view, split)
@@ -197,11 +197,15 @@ class OnlineMonitor:
         s = self.settings
         encoder = method.encoder
         token = position_token(method) if self.tables is not None else None
-        cls = "knn" in s.monitors or "rankme" in s.monitors
+        # the cls feature of each set only where a monitor reads it: k-NN both sets, RankMe the held-out slice
+        cls = ("knn" in s.monitors, "knn" in s.monitors or "rankme" in s.monitors)
         t0 = time.perf_counter()
         passes = []
         for i, ds in enumerate((self.bank, self.held)):
-            fn = MonitorPass(cls, self.tables[i] if self.tables else None, token, device)
+            if not cls[i] and self.tables is None:  # nothing of this set is read (RankMe alone: the bank)
+                passes.append(None)
+                continue
+            fn = MonitorPass(cls[i], self.tables[i] if self.tables else None, token, device)
             passes.append(extract_features(encoder, ds, s.batch_size, self.workers, device, precision, features=fn))
         (bank, held), skipped = passes, {name: dropped_images(ds) for name, ds in (("bank", self.bank), ("held", self.held))}
         record: dict[str, Any] = {"images": len(self.held), "bank_images": len(self.bank),
@@ -216,17 +220,19 @@ class OnlineMonitor:
                 record["error"] = (f"unreadable images in the monitor's images: {', '.join(files[:3])}{more} "
                                    "(set data.skip_bad=true to measure without them)")
                 return record
-        feats, labels = bank.tensors[0], bank.tensors[1]
         held_feats, held_labels = held.tensors[0], held.tensors[1]
-        dim = feats.shape[-1] - 1
-        if cls:
-            record.update(self._cls_monitors(feats[:, 0, :dim], labels, held_feats[:, 0, :dim], held_labels, device))
+        feats, labels = (bank.tensors[0], bank.tensors[1]) if bank is not None else (None, None)
+        dim = held_feats.shape[-1] - 1
+        if cls[1]:
+            record.update(self._cls_monitors(feats[:, 0, :dim] if cls[0] else None, labels, held_feats[:, 0, :dim],
+                                             held_labels, device))
         if self.tables is not None:
-            record.update(self._position(feats[:, int(cls):].to(device), held_feats[:, int(cls):].to(device), dim))
+            record.update(self._position(feats[:, int(cls[0]):].to(device), held_feats[:, int(cls[1]):].to(device), dim))
         return record
 
-    def _cls_monitors(self, bank: torch.Tensor, bank_labels: torch.Tensor, held: torch.Tensor,
+    def _cls_monitors(self, bank: torch.Tensor | None, bank_labels: torch.Tensor | None, held: torch.Tensor,
                       held_labels: torch.Tensor, device: torch.device) -> dict[str, float]:
+        """k-NN (``bank``: the bank's cls features, None when k-NN is off) and RankMe of the held-out slice."""
         s, out = self.settings, {}
         if "knn" in s.monitors:
             t = time.perf_counter()
