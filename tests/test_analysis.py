@@ -393,7 +393,7 @@ def stub(
 def test_reproduce_runs_stages_skips_done_and_reports(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def fake_stages(args, out, methods):
+    def fake_stages(args, out, methods, profile):
         calls.append(methods)
         stages = []
         for m, top1 in zip(methods, (71.0, 70.0, 69.0)):

@@ -205,3 +205,15 @@ def test_bad_inits_are_one_line_and_run_nothing(files, tmp_path, capsys):
     bad(["--profile", "vit_b_eval", "--output", str(out)], capsys, "add --init NAME=PATH")
     bad(["--profile", "vit_l_eval", "--methods", "droppos", "--init", f"t={patch16}"], capsys, "runs no pretraining")
     assert not out.exists()
+
+
+def test_the_pictures_get_every_row_the_inits_included(files, tmp_path, monkeypatch):
+    """An --init row runs the probe and robustness stages: its curves belong in those pictures."""
+    seen = []
+    monkeypatch.setattr(reproduce, "prepare_data", lambda root: None)
+    monkeypatch.setattr(reproduce, "run_stages", lambda *a, **k: {})
+    monkeypatch.setattr(reproduce, "make_pictures", lambda out, data, rows: seen.append(list(rows)) or [])
+    monkeypatch.setattr(reproduce, "write_report", lambda *a, **k: tmp_path / "report.md")
+    assert reproduce.main(["--methods", "scratch", "--data", str(files["data"]), "--output", str(tmp_path / "out"),
+                           "--jobs", "1", "--init", f"mine={files['mine']}"]) == 0
+    assert seen == [["scratch", "mine"]]

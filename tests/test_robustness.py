@@ -548,7 +548,7 @@ def reproduce_stub(out: Path, name: str, metrics: dict, nap: float | None = 0.0)
     return Stage("droppos", name, [sys.executable, "-c", code], path)
 
 
-def fake_stages(args, out: Path, methods) -> list:
+def fake_stages(args, out: Path, methods, profile=None) -> list:
     pretrain = {"task": "pretrain", "method": "droppos", "arch": "vit_tiny_patch8_64", "epochs": 1, "epochs_done": 1,
                 "final": {"loss": 1.0}, "cost": {"gpu_hours": 0, "cpu_minutes": 0.1}}
     return [reproduce_stub(out, "pretrain", pretrain),

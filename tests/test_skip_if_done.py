@@ -74,7 +74,7 @@ def test_no_rerun_reaches_the_runner_from_the_command_line(tmp_path, monkeypatch
     recipe.write_text("a: 1\n")
     ckpt.write_bytes(b"w")
     out = tmp_path / "demo"
-    monkeypatch.setattr(reproduce, "build_stages", lambda args, out, methods: [stage(out, recipe, ckpt)])
+    monkeypatch.setattr(reproduce, "build_stages", lambda args, out, methods, profile: [stage(out, recipe, ckpt)])
     monkeypatch.setattr(reproduce, "prepare_data", lambda root: None)
     argv = ["--output", str(out), "--no-pictures", "--methods", "mae"]
     assert reproduce.main(argv) == 0

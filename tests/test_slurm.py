@@ -274,6 +274,7 @@ def test_bad_input_is_one_line_before_anything_is_submitted(slurm, demo, tmp_pat
             assert reproduce.main(["--profile", profile, "--output", str(out), "--launcher", "slurm", *extra]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and not (out / "jobs.json").exists()
+        assert not out.exists()  # refused before the protocols, the init records or the data are written
         return err[0]
 
     assert "partition 'nope' does not exist (partitions: local)" in refused("--partition", "nope")
@@ -287,6 +288,22 @@ def test_bad_input_is_one_line_before_anything_is_submitted(slurm, demo, tmp_pat
     assert "SLURM controller not reachable" in refused()
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     assert "SLURM not reachable: sbatch, srun" in refused()
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--slurm-extra", "bad"], "--slurm-extra 'bad' must look like KEY=VALUE"),
+    (["--time-limit", "0"], "--time-limit 0: a job's time limit is at least 1 minute"),
+    (["--time-limit", "-3"], "--time-limit -3: a job's time limit is at least 1 minute"),
+])
+def test_bad_slurm_options_are_one_line_and_write_nothing(extra, needle, tmp_path, capsys, monkeypatch):
+    """Checked with the stage table, before anything is written (the protocols, the data); no SLURM needed."""
+    monkeypatch.setattr(reproduce, "prepare_data", lambda root: pytest.fail("data prepared before the check"))
+    out = tmp_path / "out"
+    argv = ["--output", str(out), "--methods", "mae", "--launcher", "slurm", "--no-pictures", *extra]
+    assert reproduce.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not out.exists()
 
 
 def test_srun_tasks_join_one_process_group_without_torchrun(slurm, tmp_path):

@@ -169,14 +169,9 @@ def cluster_batch(profile: Profile, gpus: int, nodes: int, allow_change: bool = 
     return dataclasses.replace(profile, pretrain=pretrain, overrides=overrides), notes
 
 
-_SAID: set[str] = set()
-
-
 def with_cluster_batch(profile: Profile, gpus: int, nodes: int, allow_change: bool = False) -> Profile:
-    """:func:`cluster_batch`, its notes printed (to stderr, each once per process)."""
+    """:func:`cluster_batch`, its notes printed to stderr (a run builds its profile once: each note once)."""
     planned, notes = cluster_batch(profile, gpus, nodes, allow_change)
     for note in notes:
-        if note not in _SAID:
-            _SAID.add(note)
-            print(f"[reproduce] {note}", file=sys.stderr, flush=True)
+        print(f"[reproduce] {note}", file=sys.stderr, flush=True)
     return planned

@@ -58,9 +58,10 @@ from .report import make_pictures, write_report
 from .inits import InitError, describe, init_stages, plan_from_args, run_methods, write_init_records
 from .interrupt import run_interruptible
 from .runner import run_stages
-from .slurm import add_slurm_args, recorded_args, show_status, submit_run
+from .slurm import add_slurm_args, check_submission, recorded_args, show_status, submit_run
+from .slurm_status import SlurmError
 from .protocols import write_protocols
-from .stages import INITS, ROOT, STAGES, Stage, build_stage_table
+from .stages import INITS, ROOT, STAGES, Profile, Stage, build_stage_table
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -157,9 +158,9 @@ def prepare_data(root: Path) -> None:
     print(f"[reproduce] built-in data ready at {root} ({time.time() - t:.0f} s)", flush=True)
 
 
-def build_stages(args: argparse.Namespace, out: Path, methods: list[str]) -> list[Stage]:
-    """Every stage of ``methods`` under ``out`` for the profile (and seeds) the options ask for."""
-    return build_stage_table(profile_from_args(args), out, methods, args.seeds, args.pretrain_seeds)
+def build_stages(args: argparse.Namespace, out: Path, methods: list[str], profile: Profile) -> list[Stage]:
+    """Every stage of ``methods`` under ``out`` for ``profile`` (the options' profile) and the seeds asked for."""
+    return build_stage_table(profile, out, methods, args.seeds, args.pretrain_seeds)
 
 
 def print_commands(args: argparse.Namespace, out: Path, methods: list[str], stages: list[Stage]) -> None:
@@ -278,16 +279,25 @@ def _main(argv: list[str] | None) -> int:
         return 2
     out = Path(args.output or f"outputs/{args.profile}")
     try:
-        table = build_stages(args, out, methods) + init_stages(profile_from_args(args), out, inits, args.seeds)
+        profile = profile_from_args(args)  # once: a paper profile's batch plan prints its notes as it is made
+        table = build_stages(args, out, methods, profile) + init_stages(profile, out, inits, args.seeds)
     except TotalBatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     stages = [s for name in STAGES if name in chosen for s in table if s.name == name]  # stage by stage
     if args.status:
         return show_status(out, stages)
+    print_only = args.dry_run or (args.profile != "demo" and not args.launch and args.launcher == "local")
+    submission = None
+    if (args.launcher == "slurm" or args.resubmit_failed) and not print_only:
+        try:  # the SLURM options, the cluster and every job's resources, before anything is written
+            submission = check_submission(args, profile, stages)
+        except SlurmError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     for init in inits:
         print(describe(init), flush=True)
-    if args.dry_run or (args.profile != "demo" and not args.launch and args.launcher == "local"):
+    if print_only:
         print_commands(args, out, rows, stages)
         return 0
     if args.profile == "demo":
@@ -296,8 +306,8 @@ def _main(argv: list[str] | None) -> int:
     t0 = time.time()
     write_protocols([s for s in stages if not s.metrics.is_file()], out, args.seeds, args.pretrain_seeds)
     write_init_records(out, inits, args.seeds)
-    if args.launcher == "slurm" or args.resubmit_failed:
-        return submit_run(args, sys.argv[1:] if argv is None else list(argv), out, methods, table, stages)
+    if submission is not None:
+        return submit_run(args, sys.argv[1:] if argv is None else list(argv), out, rows, table, stages, submission)
     records = run_stages(stages, out, jobs, args.verbose, args.stage_timeout, env_extra, no_rerun=args.no_rerun)
     made = []
     if not args.no_pictures:
@@ -306,7 +316,7 @@ def _main(argv: list[str] | None) -> int:
             import torch
 
             torch.set_num_threads(max(threads * jobs, 1))
-        made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), methods)
+        made = make_pictures(out, Path(args.data if args.profile == "demo" else args.imagenet), rows)
         print(f"[reproduce] pictures: {len(made)} made ({time.time() - t:.0f} s)", flush=True)
     folders = list(dict.fromkeys(s.method for s in table))
     report = write_report(

@@ -15,7 +15,11 @@ from .stages import METRICS, STAGES
 
 
 def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, Path]]:
-    """Pictures for the report; each failure is reported and skipped. Returns (caption, path)."""
+    """Pictures for the report; each failure is reported and skipped. Returns (caption, path).
+
+    ``methods``: the report's rows, the suite's methods and the ``--init`` names (the pictures of
+    pretraining leave out the rows without a pretraining folder).
+    """
     from .. import pictures  # the package: its picture functions
 
     pics_dir = out / "report" / "pictures"

@@ -32,7 +32,6 @@ import sys
 import time
 from pathlib import Path
 
-from .profiles import profile_from_args
 from .runner import unfinished_reason, write_status
 from .slurm_resources import REPORT, Resources, stage_resources
 from .slurm_status import SlurmError, JobState, print_status, queue_states, read_jobs, run_slurm, stage_key, write_jobs
@@ -79,6 +78,10 @@ class SlurmOptions:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "SlurmOptions":
+        """The options of ``args``; SlurmError (one line) for a malformed ``--slurm-extra`` or a ``--time-limit``
+        under one minute."""
+        if args.time_limit is not None and args.time_limit < 1:
+            raise SlurmError(f"--time-limit {args.time_limit}: a job's time limit is at least 1 minute")
         extra = {}
         for item in args.slurm_extra:
             key, sep, value = item.partition("=")
@@ -191,7 +194,7 @@ def _resources(args: argparse.Namespace, opts: SlurmOptions, profile: Profile, s
     large = profile_size_large(args.profile)
     parallel = launch_of(stage, profile, args.gpus).kind != "process"
     res = stage_resources(args.profile, stage.name, args.gpus, args.nnodes, args.threads, large, parallel=parallel)
-    return dataclasses.replace(res, time_min=opts.time_limit) if opts.time_limit else res
+    return dataclasses.replace(res, time_min=opts.time_limit) if opts.time_limit is not None else res
 
 
 def profile_size_large(profile: str) -> bool:
@@ -249,21 +252,33 @@ def show_status(out: Path, stages: list[Stage]) -> int:
         return 2
 
 
-def submit_run(
-    args: argparse.Namespace, argv: list[str], out: Path, methods: list[str], table: list[Stage], stages: list[Stage]
-) -> int:
-    """Submit the stages not done (``--resubmit-failed``: those whose jobs failed), then the report; 2 on bad input."""
-    try:
-        opts = SlurmOptions.from_args(args)
-    except SlurmError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    profile = profile_from_args(args)
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """What :func:`check_submission` found fit to submit: the options, the profile, each stage's job."""
+
+    opts: SlurmOptions
+    profile: Profile
+    resources: dict[str, Resources]  # stage key -> its job
+
+
+def check_submission(args: argparse.Namespace, profile: Profile, stages: list[Stage]) -> Submission:
+    """The SLURM options, the cluster and every stage's job (and the report's) checked, before anything is
+    written; SlurmError in one line when they cannot be submitted."""
+    opts = SlurmOptions.from_args(args)
     resources = {stage_key(s): _resources(args, opts, profile, s) for s in stages}
     why = check_cluster(opts, [(k, r) for k, r in resources.items()] + [("report", REPORT)])
     if why:
-        print(f"error: {why}", file=sys.stderr)
-        return 2
+        raise SlurmError(why)
+    return Submission(opts, profile, resources)
+
+
+def submit_run(
+    args: argparse.Namespace, argv: list[str], out: Path, rows: list[str], table: list[Stage], stages: list[Stage],
+    submission: Submission,
+) -> int:
+    """Submit the stages not done (``--resubmit-failed``: those whose jobs failed), then the report of ``rows``
+    (the methods and the ``--init`` names); ``submission``: what :func:`check_submission` passed."""
+    opts, profile, resources = submission.opts, submission.profile, submission.resources
     jobs = read_jobs(out)
     states = queue_states()
     record = {"argv": jobs.get("argv", argv) if args.resubmit_failed else argv, "profile": args.profile, "stages": jobs.get("stages", {}),
@@ -315,7 +330,7 @@ def submit_run(
             print(f"[reproduce] {key}: job {job_id}" + (f" (after {', '.join(deps)})" if deps else ""), flush=True)
         submitted += len(group)
         write_jobs(out, record)
-    report_id = _submit_report(args, out, opts, methods, table, [j for j in job_of.values() if j], record, states)
+    report_id = _submit_report(args, out, opts, rows, table, [j for j in job_of.values() if j], record, states)
     record["submissions"].append({"time": time.time(), "stages": submitted, "report": report_id})
     write_jobs(out, record)
     print(f"[reproduce] {submitted} stage job(s) submitted, report job {report_id}; jobs: {out / 'jobs.json'}; "
@@ -351,7 +366,7 @@ def _submit_group(
     return [j.job_id for j in jobs]
 
 
-def _submit_report(args, out, opts, methods, table, after: list[str], record: dict, states: dict[str, JobState]) -> str:
+def _submit_report(args, out, opts, rows, table, after: list[str], record: dict, states: dict[str, JobState]) -> str:
     """The report job after every stage job (``afterany``); a still-pending earlier one is replaced."""
     from .slurm_job import ReportJob
 
@@ -362,7 +377,7 @@ def _submit_report(args, out, opts, methods, table, after: list[str], record: di
     data = None if args.no_pictures else Path(args.data if args.profile == "demo" else args.imagenet)
     ex = _executor(out, opts, dataclasses.replace(REPORT, cpus=max(1, args.threads or 1)), "droppos-report",
                    "afterany:" + ":".join(after) if after else "")
-    job = ex.submit(ReportJob(out, args.profile, folders, methods, data, time.time(), args.detection_iters,
+    job = ex.submit(ReportJob(out, args.profile, folders, rows, data, time.time(), args.detection_iters,
                               args.threads, args.reference))
     record["report"] = {"job_id": job.job_id, "dependency": after, "submitted": time.time(),
                         "history": record["report"].get("history", []) + ([old] if old else [])}

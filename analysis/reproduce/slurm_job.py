@@ -193,7 +193,7 @@ class ReportJob:
     out: Path
     profile: str
     folders: list[str]
-    methods: list[str]
+    methods: list[str]  # the report's rows: the methods and the --init names (the pictures of each)
     data: Path | None
     submitted: float
     detection_iters: int | None = None
