@@ -23,6 +23,7 @@ from ..weights import CheckpointError
 from . import distributed as du
 from .config import ConfigError
 from .guard import NonFiniteLossError
+from .slurm_env import SlurmEnvError
 
 
 def get_args_parser(description: str) -> argparse.ArgumentParser:
@@ -38,9 +39,11 @@ def bad_image_error(exc: BaseException) -> str | None:
     re-raised from a DataLoader worker (then suffixed ``(in a DataLoader worker)``); else None."""
     if isinstance(exc, BadImageError):
         return str(exc)
+    if not isinstance(exc, RuntimeError):
+        return None
     text = str(exc)
     for name in ("BadImageError: ", "UnusableImageError: "):  # the class and its subclass (image_shape)
-        lines = [ln for ln in text.splitlines() if name in ln] if isinstance(exc, RuntimeError) else []
+        lines = [ln for ln in text.splitlines() if name in ln]
         if lines:
             return f"{lines[-1].split(name, 1)[1]} (in a DataLoader worker)"
     return None
@@ -54,7 +57,7 @@ def explain_failure(exc: BaseException, skip_hint: str = "set data.skip_bad=true
     hung = timed_out_message(exc)
     if hung is not None:
         return hung
-    if isinstance(exc, (CheckpointError, NonFiniteLossError, OSError, NotImplementedError)):
+    if isinstance(exc, (CheckpointError, NonFiniteLossError, OSError, NotImplementedError, SlurmEnvError)):
         return str(exc)
     text = str(exc)
     if isinstance(exc, RuntimeError) and du.get_world_size() > 1:

@@ -20,10 +20,14 @@ from typing import Mapping, MutableMapping
 
 PORT_BASE = 20000  # master ports lie in [PORT_BASE, PORT_BASE + PORT_SPAN)
 PORT_SPAN = 20000
-TORCHRUN_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class HostlistError(ValueError):
+class SlurmEnvError(ValueError):
+    """A SLURM variable an ``srun`` step cannot be joined from; the message names it
+    (``pretrain.engine.cli.explain_failure`` prints it as one line)."""
+
+
+class HostlistError(SlurmEnvError):
     """A SLURM host list this parser cannot read."""
 
 
@@ -74,38 +78,61 @@ def slurm_port(job_id: str | int) -> int:
     try:
         return PORT_BASE + int(job_id) % PORT_SPAN
     except ValueError:
-        raise ValueError(f"SLURM_JOB_ID must be a number, got {job_id!r}") from None
+        raise SlurmEnvError(f"SLURM_JOB_ID must be a number, got {job_id!r}") from None
 
 
-def _first(environ: Mapping[str, str], *keys: str) -> str | None:
-    return next((environ[k] for k in keys if environ.get(k)), None)
+def _first(environ: Mapping[str, str], *keys: str) -> tuple[str, str] | tuple[None, None]:
+    """(the first of ``keys`` set non-empty in ``environ``, its value), or (None, None)."""
+    return next(((k, environ[k]) for k in keys if environ.get(k)), (None, None))
+
+
+def _count(name: str, value: str) -> int:
+    """A SLURM task count or index as an int; SlurmEnvError naming the variable otherwise."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise SlurmEnvError(f"{name} must be a number >= 0, got {value!r}")
+    return number
 
 
 def torchrun_variables(environ: Mapping[str, str]) -> dict[str, str]:
     """The torchrun variables an ``srun`` task lacks, derived from SLURM's ({} outside a step of >1 task).
 
     Nothing when torchrun's ``WORLD_SIZE`` or ``RANK`` is set or the process is not in an
-    ``srun`` step; a ``MASTER_ADDR`` / ``MASTER_PORT`` already set is not replaced.
+    ``srun`` step; a ``MASTER_ADDR`` / ``MASTER_PORT`` already set is not replaced. A variable
+    the step cannot be joined from (no number, missing, an unreadable host list) is a
+    :class:`SlurmEnvError` naming it.
     """
     if "WORLD_SIZE" in environ or "RANK" in environ:
         return {}
-    if _first(environ, "SLURM_STEP_ID", "SLURM_STEPID") is None or "SLURM_PROCID" not in environ:
+    if _first(environ, "SLURM_STEP_ID", "SLURM_STEPID")[0] is None or "SLURM_PROCID" not in environ:
         return {}
-    world = _first(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
-    if world is None or int(world) <= 1:
+    world_key, world = _first(environ, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS")
+    if world_key is None or _count(world_key, world) <= 1:
         return {}
-    nodes = _first(environ, "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
-    if nodes is None:
-        raise ValueError("srun step without SLURM_STEP_NODELIST / SLURM_NODELIST: no master address")
-    job = _first(environ, "SLURM_JOB_ID", "SLURM_JOBID")
-    if job is None:
-        raise ValueError("srun step without SLURM_JOB_ID: no master port")
+    nodes_key, nodes = _first(environ, "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+    if nodes_key is None:
+        raise SlurmEnvError("srun step without SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST: "
+                            "no master address")
+    job_key, job = _first(environ, "SLURM_JOB_ID", "SLURM_JOBID")
+    if job_key is None:
+        raise SlurmEnvError("srun step without SLURM_JOB_ID / SLURM_JOBID: no master port")
+    try:
+        master = expand_hostlist(nodes)[0]
+    except HostlistError as exc:
+        raise SlurmEnvError(f"{nodes_key}={nodes!r}: {exc}") from None
+    try:
+        port = slurm_port(job)
+    except SlurmEnvError:
+        raise SlurmEnvError(f"{job_key} must be a number, got {job!r}") from None
     derived = {
-        "RANK": str(int(environ["SLURM_PROCID"])),
-        "WORLD_SIZE": str(int(world)),
-        "LOCAL_RANK": str(int(environ.get("SLURM_LOCALID", "0"))),
-        "MASTER_ADDR": expand_hostlist(nodes)[0],
-        "MASTER_PORT": str(slurm_port(job)),
+        "RANK": str(_count("SLURM_PROCID", environ["SLURM_PROCID"])),
+        "WORLD_SIZE": str(_count(world_key, world)),
+        "LOCAL_RANK": str(_count("SLURM_LOCALID", environ.get("SLURM_LOCALID", "0"))),
+        "MASTER_ADDR": master,
+        "MASTER_PORT": str(port),
     }
     return {k: v for k, v in derived.items() if k not in environ}
 
