@@ -26,6 +26,8 @@ DROPPOS = "pretrain/configs/droppos_vit_tiny_builtin.yaml"
         ("droppos.pos_drop_ratio=1.0", "droppos.pos_drop_ratio"),
         ("droppos.smoothing=gauss", "droppos.smoothing"),
         ("optim.clip_grad=abc", "optim.clip_grad"),
+        ("optim.clip_grad=inf", "optim.clip_grad"),
+        ("optim.lr=0", "optim.lr"),
     ],
 )
 def test_pretraining_and_sweep_refuse_with_the_same_rule(override, message):

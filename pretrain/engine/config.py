@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ..atomic import atomic_write_text
+from ..models.option_checks import optional_number
 from ..models.registry import method_class, method_names
 from .keep_checkpoints import check_keep_every
 from .monitor_config import check_monitor_config
@@ -164,11 +165,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32, got {cfg.train.precision!r}")
     if cfg.optim.clip_mode not in ("global", "per_tensor"):
         raise ConfigError(f"optim.clip_mode must be 'global' or 'per_tensor', got {cfg.optim.clip_mode!r}")
-    for key in ("optim.lr", "optim.clip_grad"):  # null by default: their type is checked here
-        value = OmegaConf.select(cfg, key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
-            raise ConfigError(f"config key '{key}' must be null or a positive number, got {value!r}")
     try:
+        for key in ("optim.lr", "optim.clip_grad"):  # null by default: their type is checked here
+            optional_number(key, OmegaConf.select(cfg, key))
         check_monitor_config(cfg)  # train.monitor (pretrain.engine.monitor_config)
         check_keep_every(cfg)
         method_class(cfg.method).check_config(cfg)
