@@ -28,8 +28,7 @@ from .engine import distributed as du
 from .engine.cli import run_cli
 from .engine.config import ConfigError, load_config
 from .engine.hooks import MethodHook
-from .engine.keep_checkpoints import (build_keep_hook, checkpoint_rows, flag_as_override, markdown_table,
-                                     write_checkpoint_table)
+from .engine.keep_checkpoints import build_keep_hook, flag_as_override, markdown_table, write_checkpoint_table
 from .engine.mask_noise import MaskNoiseDataset
 from .engine.monitors import build_monitor_hook
 from .engine.optim import build_adamw
@@ -142,6 +141,7 @@ def run(cfg: DictConfig) -> dict:
                   f"device={device}")
 
     tally = BadImageTally(dataset)
+    keep = build_keep_hook(cfg, run_dir.out_dir)
 
     trainer = Trainer(
         run_dir.wrap(model),
@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> dict:
         logger,
         extra_state=run_dir.extra_state(method=cfg.method),
         scaler=scaler,
-        hooks=[h for h in (MethodHook(model), monitor, build_keep_hook(cfg, run_dir.out_dir)) if h is not None],
+        hooks=[h for h in (MethodHook(model), monitor, keep) if h is not None],
         rank_extra=tally.state,
     )
     resumed_from = run_dir.resume(trainer, on_load=lambda ckpt: tally.restore(trainer.loaded_rank_extra, rank == 0))
@@ -194,13 +194,13 @@ def run(cfg: DictConfig) -> dict:
             "data": {"images": len(dataset), "skip_bad": bool(cfg.data.skip_bad), **skipped},
         }
         run_dir.write_metrics("pretrain_metrics.json", metrics)
-        if monitor is not None or build_keep_hook(cfg, out_dir) is not None:
-            latest = run_dir.manager.list()
+        latest = run_dir.manager.list()
+        if monitor is not None or keep is not None:
             final = (state.epoch, latest[0]) if latest and state.iter_in_epoch == 0 else None
-            write_checkpoint_table(out_dir, state.history, final)
+            rows = write_checkpoint_table(out_dir, state.history, final)
             print(f"[pretrain] checkpoints and their signals (checkpoint_monitors.csv):\n"
-                  f"{markdown_table(checkpoint_rows(out_dir, state.history, final))}", flush=True)
-        write_backbone(out_dir / "backbone.pth", backbone, cfg, arch, run_dir.manager.list())
+                  f"{markdown_table(rows)}", flush=True)
+        write_backbone(out_dir / "backbone.pth", backbone, cfg, arch, latest)
         if cfg.data.skip_bad or skipped["bad_image_skips"]:
             print(f"[pretrain] {skip_message(skipped, bad_files)}", flush=True)
         print(f"[pretrain] done: {json.dumps({k: v for k, v in last.items()})}", flush=True)

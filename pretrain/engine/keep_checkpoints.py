@@ -126,14 +126,16 @@ def _columns(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def write_checkpoint_table(out_dir: Path, history: Sequence[dict[str, Any]],
-                           last: tuple[int, Path] | None = None) -> Path:
-    """``<out>/checkpoint_monitors.csv`` (atomically) from the kept checkpoints and the run history."""
+                           last: tuple[int, Path] | None = None) -> list[dict[str, Any]]:
+    """``<out>/checkpoint_monitors.csv`` (atomically) from the kept checkpoints and the run history;
+    returns its rows (:func:`checkpoint_rows`)."""
     rows = checkpoint_rows(out_dir, history, last)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=_columns(rows) or ["epoch", "checkpoint"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    return atomic_write_text(Path(out_dir) / TABLE, buf.getvalue())
+    atomic_write_text(Path(out_dir) / TABLE, buf.getvalue())
+    return rows
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
