@@ -44,3 +44,15 @@ def _metric_files() -> dict[str, tuple[str, ...]]:
 METRIC_FILES = _metric_files()  # metrics file -> the tasks it may hold
 STATUS_FILE = "stage_status.json"
 PROTOCOL_FILE = "protocol.json"
+INIT_FILE = "init.json"  # an ``--init`` run folder's provenance (written by the run, read by the tables)
+
+# What the end-to-end run writes at its output root beside the run folders: the frozen-feature cache
+# the feature stages share, the report (folder and Markdown), the SLURM launcher's submitit folder and
+# job record, and the folder stage outputs made from other inputs are set aside in.
+FEATURE_CACHE = "feature_cache"
+REPORT_FOLDER = "report"
+REPORT_FILE = "report.md"
+SLURM_FOLDER = "slurm"
+JOBS_FILE = "jobs.json"
+REPLACED_FOLDER = ".replaced"
+OUTPUT_ROOT_ENTRIES = frozenset({FEATURE_CACHE, REPORT_FOLDER, REPORT_FILE, SLURM_FOLDER, JOBS_FILE, REPLACED_FOLDER})

@@ -217,3 +217,21 @@ def test_the_pictures_get_every_row_the_inits_included(files, tmp_path, monkeypa
     assert reproduce.main(["--methods", "scratch", "--data", str(files["data"]), "--output", str(tmp_path / "out"),
                            "--jobs", "1", "--init", f"mine={files['mine']}"]) == 0
     assert seen == [["scratch", "mine"]]
+
+
+def test_an_init_name_may_not_be_what_the_run_writes_at_its_output_root(files, tmp_path, capsys):
+    """The submitit folder, the job record, the report, the feature cache: an --init run folder of that name would
+    mix with them."""
+    from analysis.layout import OUTPUT_ROOT_ENTRIES
+    from analysis.reproduce.inits import InitError, parse_inits
+
+    assert {"slurm", "jobs.json", "report", "report.md", "feature_cache", ".replaced"} <= OUTPUT_ROOT_ENTRIES
+    for name in sorted(OUTPUT_ROOT_ENTRIES | {"logs", "pictures"}):
+        with pytest.raises(InitError, match="NAME must be a plain folder name"):
+            parse_inits([f"{name}=x.pth"], [])
+    assert parse_inits(["mine=x.pth"], []) == [("mine", "x.pth")]
+    out = tmp_path / "out"
+    for name in ("slurm", "jobs.json", "report.md"):
+        bad(["--methods", "none", "--output", str(out), "--init", f"{name}={files['mae']}"], capsys,
+            f"--init '{name}=", "not one of", "jobs.json, logs, pictures, report, report.md, slurm")
+    assert not out.exists()

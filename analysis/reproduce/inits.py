@@ -23,11 +23,12 @@ from pretrain.atomic import atomic_write_json
 from pretrain.weights import CheckpointError
 from pretrain.weights.identify import CheckpointIdentity, identify_checkpoint
 
-from ..layout import METHODS, SCRATCH, STAGES
-from .stages import FEATURE_CACHE, Profile, Stage, _stage, _transfer_command, run_folder
+from ..layout import INIT_FILE, METHODS, OUTPUT_ROOT_ENTRIES, SCRATCH, STAGES
+from .stages import Profile, Stage, _stage, _transfer_command, run_folder
 
-INIT_FILE = "init.json"
-RESERVED = {FEATURE_CACHE, "report", "logs", "pictures"}
+# what an --init NAME (its run folder below the output root) may not be: what the run writes there itself,
+# and the names of a run folder's own and the report's subfolders
+RESERVED = {*OUTPUT_ROOT_ENTRIES, "logs", "pictures"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 SIZE_LABELS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 

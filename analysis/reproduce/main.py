@@ -52,6 +52,7 @@ from pathlib import Path
 
 from pretrain.engine.total_batch import TotalBatchError
 
+from ..layout import REPORT_FOLDER
 from ..sweeps.ablation import ABLATION_STAGES, GRID_CONFIRM_RUNS, AblationError, build_ablation_stages, plan_sweep, write_plan
 from .profiles import DEMO, PROFILES, profile_from_args
 from .report import make_pictures, write_report
@@ -174,7 +175,7 @@ def print_commands(args: argparse.Namespace, out: Path, methods: list[str], stag
         print(f"# not available: {s.available}" if s.available else s.shell())
     if methods:
         ref = f" --reference {args.reference}" if getattr(args, "reference", "mae") != "mae" else ""
-        print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / 'report'}{ref}")
+        print(f"python -m analysis.tables {' '.join(str(out / m) for m in methods)} --out {out / REPORT_FOLDER}{ref}")
     if args.profile != "demo":
         print("# add --launch to run these commands here, one after the other")
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 from .profiles import DEMO
 from .runner import read_status
+from ..layout import REPORT_FILE, REPORT_FOLDER
 from .stages import METRICS, STAGES
 
 
@@ -22,7 +23,7 @@ def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, 
     """
     from .. import pictures  # the package: its picture functions
 
-    pics_dir = out / "report" / "pictures"
+    pics_dir = out / REPORT_FOLDER / "pictures"
     made: list[tuple[str, Path]] = []
 
     def attempt(caption: str, fn: Callable[[], Path]) -> None:
@@ -134,20 +135,20 @@ def write_report(
     lines += ["", "## Results", ""]
     inits = list(dict.fromkeys(f.split("/")[0] for f in folders))
     try:
-        md, _ = build_tables([out / i for i in inits if (out / i).is_dir()], out / "report", stages=False,
+        md, _ = build_tables([out / i for i in inits if (out / i).is_dir()], out / REPORT_FOLDER, stages=False,
                              reference=reference)
         lines.append(md)
     except MetricsError as exc:
         lines.append(f"Tables not built: {exc}")
-    comparison = out / "report" / COMPARISON_PICTURE
+    comparison = out / REPORT_FOLDER / COMPARISON_PICTURE
     shown = ([("Comparison per task: initialisations with their seed spread, scratch as the reference", comparison)]
              if comparison.is_file() else [])
     if shown or pictures_made:
         lines += ["", "## Pictures", ""]
         for caption, path in shown + pictures_made:
             lines += [f"**{caption}**", "", f"![{caption}]({path.relative_to(out)})", ""]
-    path = out / "report.md"
+    path = out / REPORT_FILE
     path.write_text("\n".join(lines) + "\n")
-    (out / "report").mkdir(parents=True, exist_ok=True)
-    (out / "report" / "report.md").write_text("\n".join(lines).replace("](report/", "](") + "\n")
+    (out / REPORT_FOLDER).mkdir(parents=True, exist_ok=True)
+    (out / REPORT_FOLDER / REPORT_FILE).write_text("\n".join(lines).replace("](report/", "](") + "\n")
     return path

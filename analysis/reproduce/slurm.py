@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from .runner import unfinished_reason, write_status
+from ..layout import JOBS_FILE, SLURM_FOLDER
 from .slurm_resources import REPORT, Resources, stage_resources
 from .slurm_status import SlurmError, JobState, print_status, queue_states, read_jobs, run_slurm, stage_key, write_jobs
 from .stage_inputs import input_changes
@@ -206,7 +207,7 @@ def profile_size_large(profile: str) -> bool:
 def _executor(out: Path, opts: SlurmOptions, res: Resources, name: str, dependency: str):
     import submitit
 
-    ex = submitit.SlurmExecutor(folder=out / "slurm" / "%j", max_num_timeout=MAX_TIMEOUTS)
+    ex = submitit.SlurmExecutor(folder=out / SLURM_FOLDER / "%j", max_num_timeout=MAX_TIMEOUTS)
     params = dict(
         job_name=name, time=res.time_min, nodes=res.nodes, ntasks_per_node=1, cpus_per_task=res.cpus,
         mem=f"{res.mem_gb}GB", signal_delay_s=opts.signal_delay, stderr_to_stdout=True,
@@ -236,7 +237,7 @@ def recorded_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         print(f"error: {exc}", file=sys.stderr)
         return None
     if argv is None:
-        print(f"error: {out / 'jobs.json'} not found: nothing was submitted there with --launcher slurm", file=sys.stderr)
+        print(f"error: {out / JOBS_FILE} not found: nothing was submitted there with --launcher slurm", file=sys.stderr)
         return None
     again = parser.parse_args(argv)
     again.status, again.resubmit_failed, again.output = args.status, args.resubmit_failed, str(out)
@@ -324,7 +325,7 @@ def submit_run(
             old = record["stages"].get(key, {})
             record["stages"][key] = {
                 "job_id": job_id, "dependency": deps, "array": len(group) > 1, "submitted": time.time(),
-                "resources": dataclasses.asdict(resources[key]), "slurm_folder": str(out / "slurm" / job_id),
+                "resources": dataclasses.asdict(resources[key]), "slurm_folder": str(out / SLURM_FOLDER / job_id),
                 "history": old.get("history", []) + ([old["job_id"]] if old.get("job_id") else []),
             }
             print(f"[reproduce] {key}: job {job_id}" + (f" (after {', '.join(deps)})" if deps else ""), flush=True)
@@ -333,7 +334,7 @@ def submit_run(
     report_id = _submit_report(args, out, opts, rows, table, [j for j in job_of.values() if j], record, states)
     record["submissions"].append({"time": time.time(), "stages": submitted, "report": report_id})
     write_jobs(out, record)
-    print(f"[reproduce] {submitted} stage job(s) submitted, report job {report_id}; jobs: {out / 'jobs.json'}; "
+    print(f"[reproduce] {submitted} stage job(s) submitted, report job {report_id}; jobs: {out / JOBS_FILE}; "
           f"follow with: python -m analysis.reproduce --status {out}", flush=True)
     return 0
 

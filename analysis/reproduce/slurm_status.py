@@ -19,12 +19,11 @@ from pathlib import Path
 
 from pretrain.atomic import atomic_write_json
 
-from ..layout import STATUS_FILE
+from ..layout import JOBS_FILE, REPORT_FILE, SLURM_FOLDER, STATUS_FILE
 from .runner import unfinished_reason
 from .stage_inputs import input_changes
 from .stages import Stage
 
-JOBS_FILE = "jobs.json"
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
         "REQUEUE_FED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 BLOCKED = "DependencyNeverSatisfied"
@@ -106,7 +105,7 @@ def log_tail(path: Path, lines: int = TAIL_LINES) -> list[str]:
 
 def submitit_log(out: Path, job_id: str) -> Path:
     """The submitit wrapper's log of a job (stdout and stderr together)."""
-    return out / "slurm" / job_id / f"{job_id}_0_log.out"
+    return out / SLURM_FOLDER / job_id / f"{job_id}_0_log.out"
 
 
 def stage_state(stage: Stage, out: Path, entry: dict | None, states: dict[str, JobState]) -> tuple[str, str, list[str]]:
@@ -150,7 +149,7 @@ def print_status(out: Path, stages: list[Stage], jobs: dict) -> int:
     report = jobs.get("report", {}).get("job_id")
     if report:
         js = states.get(report)
-        where = out / "report.md"
+        where = out / REPORT_FILE
         state = js.state if js is not None else ("done" if where.is_file() else "ended")
         print(f"{'report':40s} {state.lower():14s} job {report} -> {where}")
     print("# " + ", ".join(f"{n} {k}" for k, n in counts.items()))

@@ -19,6 +19,7 @@ from typing import Any
 from pretrain.atomic import atomic_write_json
 from pretrain.weights.card import file_sha256 as weights_file_sha256
 
+from ..layout import REPLACED_FOLDER
 from .stages import ROOT, Stage
 
 INPUTS_FILE = "stage_inputs.json"
@@ -145,9 +146,9 @@ def set_aside(stage: Stage, out: Path) -> Path:
     """
     folder = stage.metrics.parent
     n = 1
-    while (out / ".replaced" / stage.method / f"{stage.name}-{n}").exists():
+    while (out / REPLACED_FOLDER / stage.method / f"{stage.name}-{n}").exists():
         n += 1
-    target = out / ".replaced" / stage.method / f"{stage.name}-{n}"
+    target = out / REPLACED_FOLDER / stage.method / f"{stage.name}-{n}"
     target.parent.mkdir(parents=True, exist_ok=True)
     folder.rename(target)
     return target

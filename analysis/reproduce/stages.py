@@ -28,13 +28,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..layout import INITS, METHODS, METRICS, SCRATCH, STAGES  # noqa: F401  (re-exported: the stage table's names)
+from ..layout import FEATURE_CACHE, INITS, METHODS, METRICS, SCRATCH, STAGES  # noqa: F401  (re-exported: the stage table's names)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_SWEEP = "0,0.25,0.5,0.75,1.0"
-# the stages that encode frozen features, and their shared cache below the output root (classification.feature_cache)
+# the stages that encode frozen features; their shared cache is FEATURE_CACHE below the output root
+# (classification.feature_cache)
 FEATURE_STAGES = ("linear_probe", "knn", "attentive_probe", "lowshot")
-FEATURE_CACHE = "feature_cache"
 
 
 @dataclass

@@ -15,10 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..layout import SCRATCH
+from ..layout import INIT_FILE, SCRATCH
 from .runs import RunResults, run_name
 
-INIT_FILE = "init.json"  # written by analysis.reproduce.inits
 LOAD_REPORT_STAGES = ("linear_probe", "knn", "finetune", "attentive_probe")
 HEADER = ["source file", "sha256", "format", "architecture", "position embedding", "load report", "card",
           "same weights as"]
