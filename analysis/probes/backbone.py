@@ -106,29 +106,28 @@ def random_backbone(arch: str, seed: int = 0, device: torch.device | str = "cpu"
 
 
 def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -> dict:
-    """ViT constructor arguments from timm-named encoder weights."""
-    dim = (
-        int(encoder["cls_token"].shape[-1])
-        if "cls_token" in encoder
-        else int(encoder["patch_embed.proj.weight"].shape[0])
-    )
-    patch = int(encoder["patch_embed.proj.weight"].shape[-1])
+    """ViT constructor arguments from timm-named encoder weights (``pretrain.weights.shape``'s rule: width,
+    depth, patch and grid read off the tensors; heads from a bias table, else ``num_heads``, else the standard
+    ViT of that width, else 64 channels a head)."""
+    from pretrain.weights.shape import attention_heads, encoder_shape
+
+    shape = encoder_shape(encoder)
     in_chans = int(encoder["patch_embed.proj.weight"].shape[1])
-    depth = 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks."))
     if "pos_embed" not in encoder:
         raise CheckpointError("the encoder weights have no pos_embed; cannot tell the input grid")
-    tokens = int(encoder["pos_embed"].shape[1]) - 1  # cls row
-    side = int(round(tokens**0.5))
-    if side * side != tokens:
-        raise CheckpointError(f"pos_embed holds {tokens} patch rows, not a square grid")
+    if shape.grid is None:
+        raise CheckpointError(f"pos_embed holds {(shape.table_rows or 1) - 1} patch rows, not a square grid")
+    if not shape.cls_row:
+        raise CheckpointError(f"pos_embed holds {shape.table_rows} rows, a square grid without the cls row the "
+                              "suite's ViT needs")
+    dim = shape.embed_dim
     hidden = int(encoder["blocks.0.mlp.fc1.weight"].shape[0])
-    heads = num_heads or _HEADS_BY_WIDTH.get(dim) or max(dim // 64, 1)
     args = dict(
         embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        patch_size=patch,
-        img_size=side * patch,
+        depth=shape.depth,
+        num_heads=attention_heads(encoder, num_heads, "the caller")[0],
+        patch_size=shape.patch_size,
+        img_size=shape.img_size,
         mlp_ratio=hidden / dim,
         in_chans=in_chans,
     )
@@ -140,24 +139,13 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
 
 
 def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """(method, layout): ``pretrain.weights.card.resolve_method``'s (the file's method entry, its card, its
+    config, the reference layout, the keys), else ``timm`` for timm weights, else ``unknown``."""
+    from pretrain.weights.card import resolve_method
+
     fmt = detect_format(state)
-    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
-    card = ckpt.get("card")  # an export's card (pretrain.weights.card)
-    if method is None and isinstance(card, dict) and card.get("method") not in (None, "unknown"):
-        method = card["method"]
-    cfg = ckpt.get("config")
-    if method is None and isinstance(cfg, dict) and isinstance(cfg.get("method"), str):
-        method = cfg["method"]
-    if method is None:
-        method = {"droppos": "droppos", "mae": "mae", "adpe": "adpe", "timm": "timm"}.get(fmt, "unknown")
-        if fmt == "ours":
-            keys = set(state)
-            method = (
-                "droppos"
-                if "mask_pos_token" in keys
-                else "adpe" if any("adv" in k for k in keys) else "mae" if "mask_token" in keys else "unknown"
-            )
-    return method, fmt
+    method, _ = resolve_method(ckpt, fmt, state)
+    return method or ("timm" if fmt == "timm" else "unknown"), fmt
 
 
 def _newest_full_checkpoint(folder: Path) -> Path | None:

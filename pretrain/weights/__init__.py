@@ -3,10 +3,11 @@
 - ``read``: any checkpoint file -> dict; its layout detected; the timm-named encoder state.
 - ``foreign``: Detectron2 / MMEngine / MMSeg layouts -> timm names.
 - ``loading``: an encoder state -> a target model, with rules and a ``LoadReport``.
+- ``shape``: the architecture read off an encoder's tensors (width, depth, patch, grid, heads), one rule.
 - ``card``: the card that travels beside an export (sha256, architecture, method, metrics).
 - ``export``: an encoder -> a timm, safetensors, Detectron2 or MMSeg file and its card.
 
-Imports go one way: ``foreign`` and ``card`` import nothing here, ``read`` imports them,
+Imports go one way: ``foreign`` and ``shape`` import nothing here, ``card`` imports ``shape``, ``read`` imports them,
 ``loading`` imports ``read``, ``export`` imports all of them. The names of ``read`` are
 re-exported so ``from pretrain.weights import load_checkpoint_file`` reads as before.
 """

@@ -1,25 +1,28 @@
 """The card of an exported backbone: what the weights are and where they came from.
 
 Written beside every export as ``<DST>.card.json`` (and inside a safetensors file as
-metadata, inside a ``.pth`` under ``card``): the pretraining method, recipe file,
-epochs, image and patch size, the position-embedding kind (absolute, or relative
-with its kind), the source file and its sha256, and the metrics known for it (the
-run folder's ``pretrain_metrics.json`` / ``config.yaml`` beside the source).
+metadata, inside a ``.pth`` under ``card``): the pretraining method and where it was
+read (:func:`resolve_method`), recipe file, epochs, image and patch size, width, depth and
+heads (:mod:`pretrain.weights.shape`, the heads as the source's config says where it does),
+the position-embedding kind (absolute, or relative with its kind), the source file and its
+sha256, and the metrics known for it (the run folder's ``pretrain_metrics.json`` /
+``config.yaml`` beside the source).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import json
-import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..atomic import atomic_write_json
+from .shape import attention_heads, encoder_shape, patch_grid, standard_heads  # noqa: F401 (patch_grid)
 
 CARD_VERSION = 1
 CARD_SUFFIX = ".card.json"
@@ -78,26 +81,6 @@ def position_embedding_kind(encoder: dict[str, torch.Tensor]) -> dict[str, Any]:
             "absolute_table": "pos_embed" in encoder}
 
 
-def patch_grid(encoder: dict[str, torch.Tensor]) -> tuple[int, int] | None:
-    """The (rows, cols) patch grid the encoder was trained on, or None when its tables do not say.
-
-    From the absolute position table (a cls row plus a square grid); an encoder without one
-    (BEiT) from its relative bias table, ``(2h - 1)(2w - 1) + 3`` rows for a square grid. A
-    table whose rows are no square grid (non-square training size) gives None: the grid
-    cannot be told from the row count alone.
-    """
-    if "pos_embed" in encoder:
-        rows = int(encoder["pos_embed"].shape[1])
-        side = math.isqrt(max(rows - 1, 0))
-        return (side, side) if side and side * side == rows - 1 else None
-    table = next((v for k, v in encoder.items() if k.endswith("attn.relative_position_bias_table")), None)
-    if table is not None:
-        span = math.isqrt(max(int(table.shape[0]) - 3, 0))
-        if span * span == int(table.shape[0]) - 3 and span % 2 == 1:
-            return ((span + 1) // 2, (span + 1) // 2)
-    return None
-
-
 def method_from_keys(state: dict[str, torch.Tensor]) -> str | None:
     """The pretraining method a checkpoint's own keys show (its heads and tokens), or None.
 
@@ -125,6 +108,94 @@ def _metrics(metrics: dict[str, Any] | None) -> dict[str, Any]:
     return keep
 
 
+LAYOUT_METHODS = ("droppos", "mae", "adpe")  # the reference checkpoints' layouts, one per method
+MAE_KEYS_NOTE = "keys (AdPE's MAE+ has the same keys as MAE)"
+
+
+def _named(value: Any) -> str | None:
+    """A method name, or None for what names none (not text, empty, ``unknown``)."""
+    return value if isinstance(value, str) and value not in ("", "unknown") else None
+
+
+def resolve_method(
+    ckpt: dict[str, Any],
+    source_format: str,
+    state: dict[str, torch.Tensor] | None = None,
+    card: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> tuple[str | None, str | None]:
+    """(the pretraining method of a loaded checkpoint, where it was read), or (None, None).
+
+    The first that says, in this order: the checkpoint's own ``method`` entry (``checkpoint``); its
+    card (``card``: ``card``, else the one inside the file); its config (``config``: ``config``, e.g.
+    the run's ``config.yaml``, else the one inside the file); the run's metrics (``metrics``:
+    ``pretrain_metrics.json``); the reference layout (``layout``: ``source_format`` droppos / mae /
+    adpe); the keys of ``state`` (``keys``, :func:`method_from_keys`). One rule for the card, the
+    identity of a file (``pretrain.weights.identify``) and the analyses' backbone loader.
+    """
+    if card is None and isinstance(ckpt.get("card"), dict):
+        card = ckpt["card"]
+    if config is None and isinstance(ckpt.get("config"), dict):
+        config = ckpt["config"]
+    for value, where in ((ckpt.get("method"), "checkpoint"), ((card or {}).get("method"), "card"),
+                         ((config or {}).get("method"), "config"), ((metrics or {}).get("method"), "metrics")):
+        if _named(value):
+            return value, where
+    if source_format in LAYOUT_METHODS:
+        return source_format, "layout"
+    method = method_from_keys(state) if state is not None else None
+    return (method, MAE_KEYS_NOTE if method == "mae" else "keys") if method else (None, None)
+
+
+@dataclass
+class SourceInfo:
+    """What travels in and beside a source file: its card, its run's config (and where) and metrics."""
+
+    card: dict[str, Any] | None
+    config: dict[str, Any]
+    recipe: str | None  # the config.yaml beside the source, when there is one
+    metrics: dict[str, Any]
+
+
+def source_info(src: str | os.PathLike, ckpt: dict[str, Any]) -> SourceInfo:
+    """The card (inside ``ckpt``, else ``<src>.card.json``), the config (inside, else the run's ``config.yaml``
+    beside) and the run's ``pretrain_metrics.json`` of a loaded source file."""
+    src = Path(src)
+    card = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else None
+    if card is None and src.suffix != CARD_SUFFIX:
+        card = _read_json(card_path(src))
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    recipe = None
+    if (src.parent / "config.yaml").is_file():
+        recipe = str(src.parent / "config.yaml")
+        config = config or _read_yaml(src.parent / "config.yaml")
+    return SourceInfo(card or None, config or {}, recipe, _read_json(src.parent / "pretrain_metrics.json") or {})
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def declared_heads(ckpt: dict[str, Any], info: SourceInfo, embed_dim: int) -> tuple[int | None, str]:
+    """(the attention heads the source says it has, who says): its card's ``num_heads`` (unless that was
+    itself guessed), its ``arch`` entry's or config's ``model.num_heads``, else the standard size the
+    ``arch`` entry or config names (``model.size``) when that size has the weights' width; (None, '')."""
+    card = info.card or {}
+    if _count(card.get("num_heads")) and not str(card.get("num_heads_from", "")).startswith("guessed"):
+        return _count(card["num_heads"]), "the source's card"
+    model = info.config.get("model") if isinstance(info.config.get("model"), dict) else {}
+    for arch in (ckpt.get("arch"), model):
+        if not isinstance(arch, dict):
+            continue
+        if _count(arch.get("num_heads")):
+            return _count(arch["num_heads"]), "the source's config"
+        heads = standard_heads(embed_dim, arch["size"]) if isinstance(arch.get("size"), str) else None
+        if heads:
+            return heads, f"the source's config (ViT-{arch['size']})"
+    return None, ""
+
+
 def build_card(
     src: str | os.PathLike,
     ckpt: dict[str, Any],
@@ -132,45 +203,35 @@ def build_card(
     source_format: str,
     target: str,
     state: dict[str, torch.Tensor] | None = None,
+    info: SourceInfo | None = None,
 ) -> dict[str, Any]:
     """The card of ``encoder`` exported from ``src`` (the loaded ``ckpt``; ``state``: its weights,
-    which tell the method when no config sits beside it) to ``target``."""
+    which tell the method when no config sits beside it; ``info``: :func:`source_info`, read here when
+    not given) to ``target``."""
     src = Path(src)
-    old = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else None
-    if old is None and src.suffix != CARD_SUFFIX:
-        old = _read_json(card_path(src))
-    if old:  # re-exporting an export: keep its history, record the new hop
-        return {**old, "exported_to": target, "converted_from": {"file": src.name, "sha256": file_sha256(src),
-                                                                  "format": source_format}}
-    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
-    recipe = None
-    if (src.parent / "config.yaml").is_file():
-        recipe = str(src.parent / "config.yaml")
-        config = config or _read_yaml(src.parent / "config.yaml")
-    config = config or {}
-    metrics = _read_json(src.parent / "pretrain_metrics.json") or {}
+    info = info or source_info(src, ckpt)
+    if info.card:  # re-exporting an export: keep its history, record the new hop
+        return {**info.card, "exported_to": target,
+                "converted_from": {"file": src.name, "sha256": file_sha256(src), "format": source_format}}
+    config, metrics = info.config, info.metrics
     arch = ckpt.get("arch") if isinstance(ckpt.get("arch"), dict) else {}
-    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else config.get("method") or metrics.get("method")
-    if method is None and source_format in ("droppos", "mae", "adpe"):
-        method = source_format
-    method_from = "config" if method is not None else None
-    if method is None and state is not None:
-        method = method_from_keys(state)
-        method_from = {None: None, "mae": "keys (AdPE's MAE+ has the same keys as MAE)"}.get(method, "keys")
+    method, method_from = resolve_method(ckpt, source_format, state, config=config, metrics=metrics)
     train = config.get("train") if isinstance(config.get("train"), dict) else {}
     epochs = train.get("epochs", metrics.get("epochs", ckpt.get("epoch")))
-    patch = int(encoder["patch_embed.proj.weight"].shape[-1])
-    grid = patch_grid(encoder)
+    shape = encoder_shape(encoder)
+    heads, heads_from = attention_heads(encoder, *declared_heads(ckpt, info, shape.embed_dim))
     return {
         "card_version": CARD_VERSION,
         "method": method or "unknown",
         "method_from": method_from,
-        "recipe": recipe or config.get("recipe"),
+        "recipe": info.recipe or config.get("recipe"),
         "epochs": epochs if isinstance(epochs, (int, float)) and not isinstance(epochs, bool) else None,
-        "img_size": arch.get("img_size", grid[0] * patch if grid and grid[0] == grid[1] else None),
-        "patch_size": patch,
-        "embed_dim": int(encoder["patch_embed.proj.weight"].shape[0]),
-        "depth": 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks.")),
+        "img_size": arch.get("img_size", shape.img_size),
+        "patch_size": shape.patch_size,
+        "embed_dim": shape.embed_dim,
+        "depth": shape.depth,
+        "num_heads": heads,
+        "num_heads_from": heads_from,
         **position_embedding_kind(encoder),
         "source": {"file": src.name, "sha256": file_sha256(src), "format": source_format},
         "metrics": _metrics(metrics),

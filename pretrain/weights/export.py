@@ -36,10 +36,11 @@ from typing import Any, Callable
 
 import torch
 
-from ..atomic import atomic_write
-from .card import CARD_METADATA_KEY, build_card, card_path, write_card
+from ..atomic import atomic_write, atomic_write_json
+from .card import CARD_METADATA_KEY, build_card, card_path, declared_heads, source_info
 from .read import EXTRAS_KEY, CheckpointError, atomic_torch_save, detect_format, encoder_state_dict, \
     load_checkpoint_file, model_state
+from .shape import encoder_shape
 from .targets import TARGETS, Plan, grid_note, plan_target
 
 
@@ -161,11 +162,15 @@ def export_weights(
     state = model_state(ckpt, src)
     fmt = detect_format(state, src)
     encoder = encoder_state_dict(state, src)
-    plan = plan_target(encoder, to, str(src))
-    card = build_card(src, ckpt, encoder, fmt, to, state)
+    info = source_info(src, ckpt)
+    plan = plan_target(encoder, to, str(src), declared_heads(ckpt, info, encoder_shape(encoder).embed_dim)[0])
+    card = build_card(src, ckpt, encoder, fmt, to, state, info)
     notes = dict(plan.notes)
-    if grid_note(encoder):
-        notes["image size"] = grid_note(encoder)
+    no_size = grid_note(encoder)
+    if no_size:
+        notes["image size"] = no_size
+    if plan.heads_note:
+        notes["num_heads"] = plan.heads_note
     card = {k: v for k, v in card.items() if k not in ("target_notes", "target_config", "load_with")}
     card.update({"exported_to": to, "load_with": plan.load_with.replace("{dst}", dst.name)})
     if notes:
@@ -175,7 +180,7 @@ def export_weights(
 
     def write(weights: Path, card_file: Path) -> None:
         WRITERS[to](weights, plan, card)
-        write_card(weights, card)  # beside the staged weights: <name>.card.json
+        atomic_write_json(card_file, card)  # beside the staged weights: <name>.card.json
 
     _staged_write(dst, write, verify)
     return Export(encoder, card, fmt, [dst, card_path(dst)], list(plan.warnings),

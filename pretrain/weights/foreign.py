@@ -24,21 +24,39 @@ import torch
 
 DETECTRON2_BACKBONE = "backbone.net."
 MMENGINE_BACKBONE = "backbone."
-# MMSeg MAE / BEiT name -> timm name (applied after ``layers.i.`` -> ``blocks.i.``).
-_MMSEG_BLOCK_NAMES = [
-    (r"\.ln1\.", ".norm1."),
-    (r"\.ln2\.", ".norm2."),
-    (r"\.ffn\.layers\.0\.0\.", ".mlp.fc1."),
-    (r"\.ffn\.layers\.1\.", ".mlp.fc2."),
-    (r"\.gamma_1$", ".ls1.gamma"),
-    (r"\.gamma_2$", ".ls2.gamma"),
-    (r"\.attn\.attn\.in_proj_weight$", ".attn.qkv.weight"),  # MMSeg's VisionTransformer (nn.MultiheadAttention)
-    (r"\.attn\.attn\.in_proj_bias$", ".attn.qkv.bias"),
-    (r"\.attn\.attn\.out_proj\.", ".attn.proj."),
+# MMSegmentation name <-> timm name: the one table of both directions (``mmseg_mae_to_timm`` reads, and
+# ``pretrain.weights.targets.mmseg_name`` writes, with it). Block parts apply after ``layers.i.`` <->
+# ``blocks.i.``; a part that ends in '.' matches inside a key, any other at its end.
+MMSEG_BLOCK_PAIRS = [  # MMSeg's MAE / BEiT backbone
+    (".ln1.", ".norm1."),
+    (".ln2.", ".norm2."),
+    (".ffn.layers.0.0.", ".mlp.fc1."),
+    (".ffn.layers.1.", ".mlp.fc2."),
+    (".gamma_1", ".ls1.gamma"),
+    (".gamma_2", ".ls2.gamma"),
 ]
-_MMSEG_TOP_NAMES = {"patch_embed.projection.weight": "patch_embed.proj.weight",
-                    "patch_embed.projection.bias": "patch_embed.proj.bias",
-                    "ln1.weight": "norm.weight", "ln1.bias": "norm.bias"}
+MMSEG_VIT_ATTN_PAIRS = [  # MMSeg's VisionTransformer (nn.MultiheadAttention) on top of those
+    (".attn.attn.in_proj_weight", ".attn.qkv.weight"),
+    (".attn.attn.in_proj_bias", ".attn.qkv.bias"),
+    (".attn.attn.out_proj.", ".attn.proj."),
+]
+MMSEG_TOP_PAIRS = [("patch_embed.projection", "patch_embed.proj"), ("ln1", "norm")]  # .weight / .bias
+
+
+def _renames(pairs: list[tuple[str, str]], to_timm: bool) -> list[tuple[str, str]]:
+    """(regex, replacement) of each pair, MMSeg -> timm (``to_timm``) or timm -> MMSeg."""
+    out = []
+    for mmseg, timm in pairs:
+        src, dst = (mmseg, timm) if to_timm else (timm, mmseg)
+        out.append((re.escape(src) + ("" if src.endswith(".") else "$"), dst))
+    return out
+
+
+_MMSEG_BLOCK_NAMES = _renames(MMSEG_BLOCK_PAIRS + MMSEG_VIT_ATTN_PAIRS, to_timm=True)
+_MMSEG_TOP_NAMES = {f"{mmseg}.{part}": f"{timm}.{part}" for mmseg, timm in MMSEG_TOP_PAIRS for part in ("weight", "bias")}
+TIMM_TO_MMSEG_BLOCK = _renames(MMSEG_BLOCK_PAIRS, to_timm=False)
+TIMM_TO_MMSEG_VIT_ATTN = _renames(MMSEG_VIT_ATTN_PAIRS, to_timm=False)
+TIMM_TO_MMSEG_TOP = {timm: mmseg for mmseg, timm in _MMSEG_TOP_NAMES.items()}
 _BUFFERS = re.compile(r"(^|\.)relative_position_index$")
 
 

@@ -9,7 +9,6 @@ when the file carries one (inside, or as ``<file>.card.json`` beside it).
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import warnings
@@ -19,11 +18,9 @@ from typing import Any
 
 import torch
 
-from .card import _read_json, card_path, file_sha256, position_embedding_kind
+from .card import _read_json, card_path, file_sha256, position_embedding_kind, resolve_method
 from .read import CheckpointError, detect_format, encoder_state_dict, load_checkpoint_file, model_state
-
-# (embed_dim, depth) -> the standard ViT size of pretrain.models.vit.VIT_SIZES
-STANDARD_SIZES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
+from .shape import EncoderShape, encoder_shape
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors", ".pkl", ".tar")
 _HUB = re.compile(r"^(hf[-_]hub:|timm/|hf://|https?://)|^[\w.-]+/[\w.-]+$|^vit_\w+(\.\w+)?$")
 
@@ -76,19 +73,16 @@ class CheckpointIdentity:
         return {**out, "dropped_from_file": len(self.dropped), "arch": self.arch}
 
 
-def _image_size(encoder: dict[str, torch.Tensor], patch: int, card: dict[str, Any] | None, path: str) -> int | None:
-    """The training image size: the position table's square grid times the patch (a cls row allowed)."""
-    pos = encoder.get("pos_embed")
-    if pos is None or pos.ndim != 3:
-        size = (card or {}).get("img_size")
-        return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None
-    rows = int(pos.shape[1])
-    for prefix in (1, 0):
-        side = math.isqrt(rows - prefix)
-        if side * side == rows - prefix and side > 0:
-            return side * patch
-    raise CheckpointError(f"{path}: the position table has {rows} rows, neither a square grid nor one plus a square "
-                          "(a non-square grid has no single image size)")
+def _image_size(shape: EncoderShape, card: dict[str, Any] | None, path: str) -> int | None:
+    """The training image size: the position tables' grid times the patch (:mod:`pretrain.weights.shape`),
+    else the card's when the encoder has no table that tells; a table of no square grid is refused."""
+    if shape.img_size is not None:
+        return shape.img_size
+    if shape.table_rows is not None:
+        raise CheckpointError(f"{path}: the position table has {shape.table_rows} rows, neither a square grid nor "
+                              "one plus a square (a non-square grid has no single image size)")
+    size = (card or {}).get("img_size")
+    return int(size) if isinstance(size, (int, float)) and not isinstance(size, bool) else None
 
 
 def identify_checkpoint(path: str | os.PathLike, keep_encoder: bool = False) -> CheckpointIdentity:
@@ -107,22 +101,17 @@ def identify_checkpoint(path: str | os.PathLike, keep_encoder: bool = False) -> 
     fmt = detect_format(state, path)
     encoder = encoder_state_dict(state, path)
     card = ckpt.get("card") if isinstance(ckpt.get("card"), dict) else _read_json(card_path(path))
-    method = ckpt.get("method") if isinstance(ckpt.get("method"), str) else None
-    if method is None and fmt in ("droppos", "mae", "adpe"):
-        method = fmt
-    if method is None and card and card.get("method") not in (None, "unknown"):
-        method = str(card["method"])
+    method, _ = resolve_method(ckpt, fmt, state, card=card)
     proj = encoder["patch_embed.proj.weight"]
     if proj.ndim != 4 or proj.shape[-1] != proj.shape[-2]:
         raise CheckpointError(f"{path}: patch_embed.proj.weight has shape {tuple(proj.shape)}, not a square "
                               "convolution [D, 3, p, p]")
-    patch, dim = int(proj.shape[-1]), int(proj.shape[0])
-    depth = 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks."))
+    shape = encoder_shape(encoder)
     declared = ckpt.get("format") if isinstance(ckpt.get("format"), str) else None
     return CheckpointIdentity(
         file=str(path), sha256=file_sha256(path), format=fmt,
         container="safetensors" if path.suffix == ".safetensors" else "pth", declared_format=declared,
-        method=method, embed_dim=dim, depth=depth, patch_size=patch,
-        img_size=_image_size(encoder, patch, card, str(path)), size=STANDARD_SIZES.get((dim, depth)),
+        method=method, embed_dim=shape.embed_dim, depth=shape.depth, patch_size=shape.patch_size,
+        img_size=_image_size(shape, card, str(path)), size=shape.size,
         position_embedding=position_embedding_kind(encoder), card=card, encoder_tensors=len(encoder),
         dropped=sorted(set(state) - set(encoder)), encoder=encoder if keep_encoder else None)

@@ -36,13 +36,14 @@ from typing import Any, Callable
 
 import torch
 
-from .card import patch_grid
+from .foreign import DETECTRON2_BACKBONE as DETECTRON2_PREFIX
+from .foreign import MMENGINE_BACKBONE as UPERNET_PREFIX
+from .foreign import TIMM_TO_MMSEG_BLOCK, TIMM_TO_MMSEG_TOP, TIMM_TO_MMSEG_VIT_ATTN
 from .loading import group_keys
 from .read import CheckpointError
+from .shape import attention_heads, encoder_shape, standard_size
 
 TARGETS = ("timm", "safetensors", "detectron2", "mmseg", "mmseg-vit", "droppos-upernet")
-DETECTRON2_PREFIX = "backbone.net."
-UPERNET_PREFIX = "backbone."
 LN_EPS = 1e-6  # timm's ViT LayerNorm; MMSeg's default LN eps is 1e-5
 
 RELATIVE = {
@@ -51,8 +52,6 @@ RELATIVE = {
     "blocks.*.attn.rpe_k.*": "the contextual relative position tables (iRPE, AdPE)",
 }
 TOKENS = {"dist_token": "a distillation token (DeiT)", "reg_token": "register tokens"}
-_STANDARD = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
-_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
 
 
 @dataclass
@@ -65,6 +64,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)  # learned weights the target's model will not use
     config: dict[str, Any] = field(default_factory=dict)  # settings the target's model needs
     load_with: str = ""  # how the target's library loads the file ('{dst}' is the file)
+    heads_note: str = ""  # the card's note when ``config`` / ``load_with`` give a guessed number of heads
 
 
 @dataclass(frozen=True)
@@ -75,23 +75,28 @@ class Arch:
     grid: tuple[int, int] | None
     num_heads: int
     mlp_ratio: float
+    cls_row: bool | None = None  # the absolute position table starts with a cls row (None: no such table)
+    heads_from: str = ""  # pretrain.weights.shape.attention_heads: the bias table, the source, the width, a guess
 
 
-def encoder_arch(encoder: dict[str, torch.Tensor]) -> Arch:
-    """Width, depth, patch, grid, heads and MLP ratio read off the weights (heads from the bias table when
-    there is one, else the standard ViT of that width: 64 channels a head, 80 for ViT-H)."""
-    dim = int(encoder["patch_embed.proj.weight"].shape[0])
-    depth = 1 + max(int(k.split(".")[1]) for k in encoder if k.startswith("blocks."))
-    table = encoder.get("blocks.0.attn.relative_position_bias_table")
-    heads = int(table.shape[1]) if table is not None else _HEADS.get(dim, max(1, dim // 64))
+def encoder_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -> Arch:
+    """Width, depth, patch, grid (:func:`pretrain.weights.shape.encoder_shape`), heads and MLP ratio of the
+    weights. Heads: the bias table's when there is one, else ``num_heads`` (the source's config or card),
+    else the standard ViT of that width, else guessed (``heads_from`` says which)."""
+    shape = encoder_shape(encoder)
+    dim = shape.embed_dim
+    heads, heads_from = attention_heads(encoder, num_heads)
     fc1 = encoder.get("blocks.0.mlp.fc1.weight")
     ratio: float = float(fc1.shape[0]) / dim if fc1 is not None else 4.0
     ratio = int(ratio) if ratio.is_integer() else ratio  # MMSeg builds its FFN with int(dim * ratio) only for ints
-    return Arch(dim, depth, int(encoder["patch_embed.proj.weight"].shape[-1]), patch_grid(encoder), heads, ratio)
+    return Arch(dim, shape.depth, shape.patch_size, shape.grid, heads, ratio, shape.cls_row, heads_from)
 
 
-def _matches(key: str, patterns: dict[str, str]) -> str | None:
-    return next((why for pattern, why in patterns.items() if fnmatch.fnmatchcase(key, pattern)), None)
+def _guessed_heads(plan: Plan, arch: Arch) -> None:
+    """Say in the card that the heads ``plan`` gives its target are a guess, when they are."""
+    if arch.heads_from.startswith("guessed"):
+        plan.heads_note = (f"num_heads={arch.num_heads} {arch.heads_from}: set the target's num_heads to the "
+                           "source's if it differs")
 
 
 def _split_relative(encoder: dict[str, torch.Tensor], held: tuple[str, ...] = ()) -> tuple[dict, dict[str, list[str]],
@@ -157,6 +162,9 @@ def _need_square_grid(arch: Arch, to: str, src: str) -> tuple[int, int]:
         raise CheckpointError(f"{src}: --to {to} needs the encoder's square patch grid, and its position tables "
                               "give none (no absolute table, or rows that are not a square grid); "
                               "--to safetensors keeps it as it is")
+    if arch.cls_row is False:
+        raise CheckpointError(f"{src}: --to {to} needs a position table with a cls row, and this one is the "
+                              f"{arch.grid[0]} x {arch.grid[1]} square grid alone; --to safetensors keeps it as it is")
     return arch.grid
 
 
@@ -191,13 +199,12 @@ def timm_vit_keys(depth: int) -> set[str]:
     return keys
 
 
-def timm_call(arch: Arch, dst: str = "{dst}", name: str | None = None) -> str:
+def timm_call(arch: Arch, dst: str = "{dst}") -> str:
     """``timm.create_model(...)`` that builds this encoder's ViT from ``dst``, sizes always given
     (timm would otherwise resample a position table of another grid without a word)."""
-    size = _STANDARD.get((arch.embed_dim, arch.depth))
+    size = standard_size(arch.embed_dim, arch.depth)
     kwargs = ""
-    if name is None:
-        name = f"vit_{size}_patch{14 if size == 'huge' else 16}_224" if size else "vit_base_patch16_224"
+    name = f"vit_{size}_patch{14 if size == 'huge' else 16}_224" if size else "vit_base_patch16_224"
     if size is None:
         kwargs += f", embed_dim={arch.embed_dim}, depth={arch.depth}, num_heads={arch.num_heads}"
     if arch.mlp_ratio != 4.0:
@@ -207,15 +214,17 @@ def timm_call(arch: Arch, dst: str = "{dst}", name: str | None = None) -> str:
             f"patch_size={arch.patch_size}{kwargs}, pretrained_cfg_overlay=dict(file='{dst}', num_classes=0))")
 
 
-def plan_timm(encoder: dict[str, torch.Tensor], src: str) -> Plan:
+def plan_timm(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
     """Exactly the keys timm's ViT loads strictly; refuses what it cannot hold (see the module docstring)."""
-    arch = encoder_arch(encoder)
+    arch = encoder_arch(encoder, num_heads)
     enc, learned, zero = _split_relative(encoder)
     refused = [f"{TOKENS[k]} ({k})" for k in enc if k in TOKENS]
     refused += [f"{what} ({group_keys(keys, most=4)})" for what, keys in learned.items()]
     if arch.grid is None:
         refused.append("a position table that is not a cls row plus a square grid"
                        if "pos_embed" in enc else "no absolute position table")
+    elif arch.cls_row is False:
+        refused.append(f"a position table without a cls row (the {arch.grid[0]} x {arch.grid[1]} square grid alone)")
     if refused:
         raise CheckpointError(f"{src}: timm's VisionTransformer has no place for {'; '.join(refused)}; a timm file "
                               "would drop them (--to safetensors keeps every weight for this suite's loaders)")
@@ -242,17 +251,19 @@ def plan_timm(encoder: dict[str, torch.Tensor], src: str) -> Plan:
     plan.take = enc
     plan.config = {"img_size": arch.grid[0] * arch.patch_size, "patch_size": arch.patch_size}
     plan.load_with = timm_call(arch)
+    if standard_size(arch.embed_dim, arch.depth) is None:  # the call names the heads
+        _guessed_heads(plan, arch)
     return plan
 
 
-def plan_safetensors(encoder: dict[str, torch.Tensor], src: str) -> Plan:
+def plan_safetensors(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
     return Plan(take=dict(encoder), load_with="safetensors.torch.load_file('{dst}') (timm names; the card is "
                                               "the metadata 'droppos_card'), or any loader of this suite")
 
 
 # ------------------------------------------------------------------ Detectron2 and the suite's UperNet
-def plan_detectron2(encoder: dict[str, torch.Tensor], src: str) -> Plan:
-    arch = encoder_arch(encoder)
+def plan_detectron2(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
+    arch = encoder_arch(encoder, num_heads)
     _need_square_grid(arch, "detectron2", src)
     plan = Plan(take={})
     enc = _set_aside_unheld(plan, encoder, ("blocks.*.attn.rel_pos_*",), "ViTDet", lambda k: DETECTRON2_PREFIX + k)
@@ -268,9 +279,9 @@ def plan_detectron2(encoder: dict[str, torch.Tensor], src: str) -> Plan:
     return plan
 
 
-def plan_upernet(encoder: dict[str, torch.Tensor], src: str) -> Plan:
+def plan_upernet(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
     """This suite's DropPosViT (MAE recipe: layer scale, BEiT bias tables, no final norm), timm names."""
-    arch = encoder_arch(encoder)
+    arch = encoder_arch(encoder, num_heads)
     _need_square_grid(arch, "droppos-upernet", src)
     plan = Plan(take={})
     enc = _set_aside_unheld(plan, encoder, ("blocks.*.attn.relative_position_bias_table",),
@@ -286,36 +297,26 @@ def plan_upernet(encoder: dict[str, torch.Tensor], src: str) -> Plan:
 
 
 # ------------------------------------------------------------------ MMSegmentation's own backbones
-_MMSEG_BLOCK = [  # timm block part -> MMSeg name (MAE backbone); the ViT backbone renames attention again
-    (r"\.norm1\.", ".ln1."), (r"\.norm2\.", ".ln2."), (r"\.mlp\.fc1\.", ".ffn.layers.0.0."),
-    (r"\.mlp\.fc2\.", ".ffn.layers.1."), (r"\.ls1\.gamma$", ".gamma_1"), (r"\.ls2\.gamma$", ".gamma_2"),
-]
-_MMSEG_VIT_ATTN = [(r"\.attn\.qkv\.weight$", ".attn.attn.in_proj_weight"), (r"\.attn\.qkv\.bias$", ".attn.attn.in_proj_bias"),
-                   (r"\.attn\.proj\.", ".attn.attn.out_proj.")]
-
-
 def mmseg_name(key: str, vit: bool = False) -> str:
-    """A timm encoder key in MMSegmentation's MAE (``vit=False``) or VisionTransformer names."""
-    if key.startswith("patch_embed.proj."):
-        return "patch_embed.projection." + key.rsplit(".", 1)[1]
-    if key.startswith("norm."):
-        return "ln1." + key.rsplit(".", 1)[1]
+    """A timm encoder key in MMSegmentation's MAE (``vit=False``) or VisionTransformer names: the inverse of
+    ``pretrain.weights.foreign``'s reading, from the same name pairs."""
+    if key in TIMM_TO_MMSEG_TOP:
+        return TIMM_TO_MMSEG_TOP[key]
     m = re.match(r"^blocks\.(\d+)(\..*)$", key)
     if not m:
         return key
     name = f"layers.{m.group(1)}{m.group(2)}"
-    for pattern, repl in _MMSEG_BLOCK + (_MMSEG_VIT_ATTN if vit else []):
+    for pattern, repl in TIMM_TO_MMSEG_BLOCK + (TIMM_TO_MMSEG_VIT_ATTN if vit else []):
         name = re.sub(pattern, repl, name)
     return name
 
 
 def _mmseg_common(encoder: dict[str, torch.Tensor], src: str, to: str, held: tuple[str, ...],
-                  who: str) -> tuple[dict[str, torch.Tensor], Plan, Arch, tuple[int, int]]:
-    arch = encoder_arch(encoder)
-    grid = _need_square_grid(arch, to, src)
-    if grid[0] != grid[1]:
-        raise CheckpointError(f"{src}: MMSeg resizes position tables as square grids; this one is {grid}")
+                  who: str, num_heads: int | None) -> tuple[dict[str, torch.Tensor], Plan, Arch, tuple[int, int]]:
+    arch = encoder_arch(encoder, num_heads)
+    grid = _need_square_grid(arch, to, src)  # square: MMSeg resizes position tables as square grids
     plan = Plan(take={})
+    _guessed_heads(plan, arch)  # its config names the heads
     enc = _set_aside_unheld(plan, encoder, held, who, mmseg_name)
     if "cls_token" not in enc:
         enc["cls_token"] = torch.zeros(1, 1, arch.embed_dim)
@@ -342,10 +343,11 @@ def _mmseg_config(kind: str, arch: Arch, grid: tuple[int, int], extra: dict[str,
     return config, f"model.backbone=dict({text}, init_cfg=dict(type='Pretrained', checkpoint='{{dst}}'))"
 
 
-def plan_mmseg(encoder: dict[str, torch.Tensor], src: str) -> Plan:
+def plan_mmseg(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
     """MMSeg's MAE backbone: every parameter of it filled (gammas 1 / zero bias tables where the encoder has none)."""
     who = "MMSeg's MAE backbone"
-    enc, plan, arch, grid = _mmseg_common(encoder, src, "mmseg", ("blocks.*.attn.relative_position_bias_table",), who)
+    enc, plan, arch, grid = _mmseg_common(encoder, src, "mmseg", ("blocks.*.attn.relative_position_bias_table",), who,
+                                          num_heads)
     enc = _exact_fixes(plan, enc, arch, fold=False)
     ones = zeros = 0
     rows = (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
@@ -367,9 +369,9 @@ def plan_mmseg(encoder: dict[str, torch.Tensor], src: str) -> Plan:
     return plan
 
 
-def plan_mmseg_vit(encoder: dict[str, torch.Tensor], src: str) -> Plan:
+def plan_mmseg_vit(encoder: dict[str, torch.Tensor], src: str, num_heads: int | None = None) -> Plan:
     """MMSeg's VisionTransformer: no layer scale (folded), no patch bias (folded into the position table)."""
-    enc, plan, arch, grid = _mmseg_common(encoder, src, "mmseg-vit", (), "MMSeg's VisionTransformer")
+    enc, plan, arch, grid = _mmseg_common(encoder, src, "mmseg-vit", (), "MMSeg's VisionTransformer", num_heads)
     enc = _exact_fixes(plan, enc, arch)
     bias = enc.pop("patch_embed.proj.bias", None)
     if bias is not None:  # every patch token gets it before the position table: the same sum
@@ -388,20 +390,17 @@ PLANNERS = {"timm": plan_timm, "safetensors": plan_safetensors, "detectron2": pl
             "mmseg-vit": plan_mmseg_vit, "droppos-upernet": plan_upernet}
 
 
-def plan_target(encoder: dict[str, torch.Tensor], to: str, src: str = "<encoder>") -> Plan:
-    """The encoder laid out for ``to`` (one of :data:`TARGETS`); CheckpointError for what it refuses."""
+def plan_target(encoder: dict[str, torch.Tensor], to: str, src: str = "<encoder>", num_heads: int | None = None) -> Plan:
+    """The encoder laid out for ``to`` (one of :data:`TARGETS`); CheckpointError for what it refuses.
+    ``num_heads``: the source's heads where its config or card says (else read off, or guessed from, the width)."""
     if to not in PLANNERS:
         raise ValueError(f"unknown export target {to!r}; choose one of {list(TARGETS)}")
-    return PLANNERS[to](dict(encoder), src)
+    return PLANNERS[to](dict(encoder), src, num_heads)
 
 
 def grid_note(encoder: dict[str, torch.Tensor]) -> str | None:
-    """Why the card has no image size, when the tables give no square grid."""
-    if patch_grid(encoder) is not None:
-        return None
-    rows = int(encoder["pos_embed"].shape[1]) if "pos_embed" in encoder else None
-    return (f"the position table's {rows} rows are not a cls row plus a square grid" if rows
-            else "no absolute position table and no square relative table") + ": the image size is not recorded"
+    """Why the card has no image size, when the tables give no square grid (:mod:`pretrain.weights.shape`)."""
+    return encoder_shape(encoder).grid_note()
 
 
 __all__ = ["TARGETS", "Plan", "Arch", "encoder_arch", "plan_target", "fold_layer_scale", "timm_call", "mmseg_name",
