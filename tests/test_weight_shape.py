@@ -3,9 +3,6 @@
 alike by the identity of a file, its card, the export targets and the analyses' backbone loader."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write_json
-from .shape import attention_heads, encoder_shape, patch_grid, standard_heads  # noqa: F401 (patch_grid)
+from .shape import attention_heads, encoder_shape, standard_heads
 
 CARD_VERSION = 1
 CARD_SUFFIX = ".card.json"
