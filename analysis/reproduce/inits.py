@@ -24,13 +24,13 @@ from pretrain.weights import CheckpointError
 from pretrain.weights.identify import CheckpointIdentity, identify_checkpoint
 
 from ..layout import INIT_FILE, METHODS, OUTPUT_ROOT_ENTRIES, SCRATCH, STAGES
+from ..tables.runs import arch_label
 from .stages import Profile, Stage, _stage, _transfer_command, run_folder
 
 # what an --init NAME (its run folder below the output root) may not be: what the run writes there itself,
 # and the names of a run folder's own and the report's subfolders
 RESERVED = {*OUTPUT_ROOT_ENTRIES, "logs", "pictures"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-SIZE_LABELS = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 
 
 class InitError(ValueError):
@@ -54,12 +54,6 @@ class Init:
         return {"name": self.name, "kind": "file", "source": str(self.path), **self.identity.to_dict(),
                 "recipes": {"size": self.size, "method": self.method}, "load_report": self.load,
                 "same_weights_as": self.same_as}
-
-
-def arch_label(size: str | None, patch: int, img: int | None = None) -> str:
-    """ViT-B/16 (@224 px) for messages."""
-    name = f"ViT-{SIZE_LABELS.get(size, size or '?')}/{patch}"
-    return name + (f" @{img} px" if img else "")
 
 
 def parse_inits(specs: list[str] | None, methods: list[str]) -> list[tuple[str, str]]:

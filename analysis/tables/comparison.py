@@ -43,8 +43,8 @@ from .paper_numbers import (
     reference_number,
 )
 from .provenance import HEADER as PROVENANCE_HEADER
-from .provenance import provenance, provenance_cells, provenance_records, provenance_table, same_weights
-from .runs import SIZE_NAMES, RunResults, collect_runs, run_name
+from .provenance import provenance_cells, provenance_records, provenance_table, same_weights
+from .runs import RunResults, arch_label, collect_runs, run_name
 from .seed_rows import MEASURES, PRETRAIN_LOSS, SeedRow, build_rows, per_seed_rows, probe_at, shown_measures
 from .stats import TEST_NAME, Summary, difference_cell, value_cell, welch
 
@@ -93,7 +93,7 @@ def _backbone_text(size: str | None, arch: str | None) -> str:
     parts = (arch or "").split("_")
     patch = next((p[5:] for p in parts if p.startswith("patch")), "")
     img = parts[-1] if parts and parts[-1].isdigit() else ""
-    return f"ViT-{SIZE_NAMES[size]}" + (f"/{patch}" if patch else "") + (f" @{img}px" if img else "")
+    return arch_label(size, patch, img, px="px")
 
 
 def _inits(runs: list[RunResults]) -> list[str]:
@@ -122,8 +122,12 @@ def _paper_cell(method: str, size: str, key: str | None) -> str:
     return f"{value} ({proto})" if proto and not key.endswith("top1") else value
 
 
-def side_by_side_table(runs: list[RunResults], rows: dict) -> tuple[list[str], list[list[str]]]:
-    """Rows = measures; columns = the initialisations (DropPos, MAE, AdPE, scratch), then the papers' numbers."""
+def side_by_side_table(
+    runs: list[RunResults], rows: dict, records: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """Rows = measures; columns = the initialisations (DropPos, MAE, AdPE, scratch), then the papers' numbers
+    (``records``: the runs' provenance, :func:`provenance_records`, read here when not given)."""
+    records = provenance_records(runs) if records is None else records
     inits = _inits(runs)
     size = _size(runs) or "base"
     methods = [m for m in METHOD_ORDER if m != SCRATCH]
@@ -132,7 +136,8 @@ def side_by_side_table(runs: list[RunResults], rows: dict) -> tuple[list[str], l
     for m in paper_methods:
         ref = headline(m, size) or headline(m, "base")
         heads.append(f"{METHOD_NAMES[m]} paper ({ref.arch})" if ref else f"{METHOD_NAMES[m]} paper")
-    files = {r.method: Path(rec["source"]).name for r in runs for rec in [provenance(r)] if rec.get("kind") == "file"}
+    files = {r.method: Path(rec["source"]).name for r in runs for rec in [records[run_name(r)]]
+             if rec.get("kind") == "file"}
     header = ["measure"] + [f"{i} (weights: {files[i]})" if i in files else f"{METHOD_NAMES.get(i, i)} (this suite)"
                             for i in inits] + heads
     out = []
@@ -239,11 +244,14 @@ def pretraining_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]
     return header, out
 
 
-def results_table(runs: list[RunResults]) -> tuple[list[str], list[list[str]]]:
-    """One row per run folder (every seed), its own values: the per-run CSV."""
+def results_table(
+    runs: list[RunResults], records: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """One row per run folder (every seed), its own values: the per-run CSV (``records``: the runs' provenance,
+    read here when not given)."""
     header = ["run", "initialisation", "backbone", "seed"] + [m.label for m in (PRETRAIN_LOSS, *MEASURES)]
     header += PROVENANCE_HEADER
-    records = provenance_records(runs)
+    records = provenance_records(runs) if records is None else records
     same = same_weights(runs, records)
     out = []
     for run in runs:
@@ -382,10 +390,11 @@ def build_tables(
     runs = collect_runs(run_dirs)
     check_reference(reference, runs)
     rows = build_rows(runs)
+    records = provenance_records(runs)  # read once (init.json, protocol.json, load reports) for three tables
     sections = [
         (
             "Side by side (each initialisation's seeds pooled, each paper's numbers beside)",
-            side_by_side_table(runs, rows),
+            side_by_side_table(runs, rows, records),
             "side_by_side.csv",
         ),
         (
@@ -393,7 +402,7 @@ def build_tables(
             comparison_table(runs, rows, reference),
             "comparison.csv",
         ),
-        ("Initialisations: where each row's weights came from", provenance_table(runs), "provenance.csv"),
+        ("Initialisations: where each row's weights came from", provenance_table(runs, records=records), "provenance.csv"),
         ("Pretraining runs", pretraining_table(runs), "pretraining.csv"),
         (
             "Position-prediction probe (top-1 / within one cell, % of held-out tokens)",
@@ -414,7 +423,7 @@ def build_tables(
         if csv_name == "stages.csv" and not stages:
             continue
         parts.append(f"### {title}\n\n" + (to_markdown(header, table) if table else "(no results)"))
-    write_csv(*results_table(runs), out / "results.csv")
+    write_csv(*results_table(runs, records), out / "results.csv")
     write_csv(*per_seed_rows(rows), out / "per_seed.csv")
     md = "\n\n".join(parts) + "\n\n" + LEGEND + "\n"
     try:

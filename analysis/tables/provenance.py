@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..layout import INIT_FILE, SCRATCH
-from .runs import RunResults, run_name
+from .runs import SIZE_NAMES, RunResults, arch_label, run_name
 
 LOAD_REPORT_STAGES = ("linear_probe", "knn", "finetune", "attentive_probe")
 HEADER = ["source file", "sha256", "format", "architecture", "position embedding", "load report", "card",
@@ -87,10 +87,9 @@ def provenance(run: RunResults) -> dict[str, Any]:
 def _arch(record: dict[str, Any]) -> str:
     if "patch_size" not in record:
         return "—"
-    size = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}.get(record.get("size"))
-    name = f"ViT-{size}" if size else f"ViT {record['embed_dim']}d x {record['depth']}"
-    img = f" @{record['img_size']} px" if record.get("img_size") else ""
-    return f"{name}/{record['patch_size']}{img}"
+    size = record.get("size")
+    unknown = None if size in SIZE_NAMES else f"ViT {record['embed_dim']}d x {record['depth']}"
+    return arch_label(size, record["patch_size"], record.get("img_size"), unknown=unknown)
 
 
 def _position(record: dict[str, Any]) -> str:
@@ -164,9 +163,12 @@ def provenance_cells(record: dict[str, Any], same: list[str], full_sha: bool = T
             ", ".join(same) if same else "—"]
 
 
-def provenance_table(runs: list[RunResults], full_sha: bool = False) -> tuple[list[str], list[list[str]]]:
-    """One row per run folder: where its weights came from."""
-    records = provenance_records(runs)
+def provenance_table(
+    runs: list[RunResults], full_sha: bool = False, records: dict[str, dict[str, Any]] | None = None
+) -> tuple[list[str], list[list[str]]]:
+    """One row per run folder: where its weights came from (``records``: :func:`provenance_records` of ``runs``,
+    read here when not given)."""
+    records = provenance_records(runs) if records is None else records
     same = same_weights(runs, records)
     header = ["run", "initialisation", *HEADER]
     rows = [[run_name(r), r.label, *provenance_cells(records[run_name(r)], same[run_name(r)], full_sha)]

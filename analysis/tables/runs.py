@@ -26,6 +26,20 @@ SEED_FOLDER = re.compile(r"^(pretrain_)?seed(\d+)$")
 SIZE_NAMES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
 
 
+def arch_label(
+    size: str | None, patch: int | str | None, img: int | str | None = None, unknown: str | None = None,
+    px: str = " px",
+) -> str:
+    """``ViT-B/16 @224 px``: a size of ``SIZE_NAMES`` by its letter, another as ``unknown`` (default
+    ``ViT-<size>``, ``ViT-?`` without one); no ``/patch`` without a patch, no ``@img`` without an image size;
+    ``px``: what follows the image size."""
+    if size in SIZE_NAMES:
+        name = f"ViT-{SIZE_NAMES[size]}"
+    else:
+        name = unknown if unknown is not None else f"ViT-{size or '?'}"
+    return name + (f"/{patch}" if patch not in (None, "") else "") + (f" @{img}{px}" if img else "")
+
+
 @dataclass
 class RunResults:
     """Everything found for one pretraining run."""
