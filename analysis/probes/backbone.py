@@ -28,7 +28,9 @@ from pathlib import Path
 
 import torch
 
+from pretrain.weights.card import resolve_method
 from pretrain.weights.loading import LoadRules, load_encoder_into
+from pretrain.weights.shape import attention_heads, encoder_shape
 from pretrain.weights import (
     ENCODER_PREFIX,
     CheckpointError,
@@ -40,7 +42,6 @@ from pretrain.weights import (
 from pretrain.models.vit import VIT_SIZES, VisionTransformer
 
 REPLACEMENTS = ("auto", "zero", "mask_pos_token", "adv_token", "mask_token")
-_HEADS_BY_WIDTH = {args["embed_dim"]: args["num_heads"] for args in VIT_SIZES.values()}
 _STEP = re.compile(r"^checkpoint-(\d+)\.pth$")
 
 
@@ -109,8 +110,6 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
     """ViT constructor arguments from timm-named encoder weights (``pretrain.weights.shape``'s rule: width,
     depth, patch and grid read off the tensors; heads from a bias table, else ``num_heads``, else the standard
     ViT of that width, else 64 channels a head)."""
-    from pretrain.weights.shape import attention_heads, encoder_shape
-
     shape = encoder_shape(encoder)
     in_chans = int(encoder["patch_embed.proj.weight"].shape[1])
     if "pos_embed" not in encoder:
@@ -141,8 +140,6 @@ def infer_arch(encoder: dict[str, torch.Tensor], num_heads: int | None = None) -
 def _read_method(ckpt: dict, state: dict[str, torch.Tensor]) -> tuple[str, str]:
     """(method, layout): ``pretrain.weights.card.resolve_method``'s (the file's method entry, its card, its
     config, the reference layout, the keys), else ``timm`` for timm weights, else ``unknown``."""
-    from pretrain.weights.card import resolve_method
-
     fmt = detect_format(state)
     method, _ = resolve_method(ckpt, fmt, state)
     return method or ("timm" if fmt == "timm" else "unknown"), fmt
