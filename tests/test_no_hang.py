@@ -70,6 +70,9 @@ class _Slow(torch.utils.data.Dataset):
         return torch.zeros(1), 0
 
 
+HANG_S = 30.0  # far beyond the 1 s timeout, so a loaded machine cannot make the test flaky
+
+
 @pytest.mark.parametrize("which", ["eval", "train"])
 def test_a_hung_worker_fails_with_one_line(monkeypatch, which):
     from classification.data import eval_loader, train_loader
@@ -78,14 +81,15 @@ def test_a_hung_worker_fails_with_one_line(monkeypatch, which):
     monkeypatch.setenv("DROPPOS_WORKER_TIMEOUT", "1")
     cpu = torch.device("cpu")
     if which == "eval":
-        loader = eval_loader(_Slow(4.0), batch_size=1, workers=1, device=cpu)
+        loader = eval_loader(_Slow(HANG_S), batch_size=1, workers=1, device=cpu)
     else:
-        loader, _ = train_loader(_Slow(4.0), batch_size=1, seed=0, workers=1, device=cpu)
+        loader, _ = train_loader(_Slow(HANG_S), batch_size=1, seed=0, workers=1, device=cpu)
     assert loader.timeout == 1.0
     t0 = time.perf_counter()
     with pytest.raises(RuntimeError) as err:
         next(iter(loader))
-    assert time.perf_counter() - t0 < 3.5  # it gave up before the worker's batch came
+    # it gave up before the worker's batch came (without the timeout, next() returns that batch after HANG_S)
+    assert time.perf_counter() - t0 < HANG_S
     message = explain_failure(err.value)
     assert message is not None and "\n" not in message
     assert "for 1 s" in message and "DROPPOS_WORKER_TIMEOUT" in message
