@@ -119,3 +119,25 @@ def test_the_robustness_stages_worker_count_is_no_input_its_batch_size_is(tmp_pa
 
     earlier = {**stage_inputs(one), "arguments": one.command[one.command.index("-m"):]}  # recorded with --workers
     assert "--workers" in earlier["arguments"] and changes(earlier, stage_inputs(four)) == []
+
+
+def test_the_status_and_the_submission_share_one_done_test(tmp_path):
+    """``runner.is_done``: finished and made from the inputs it has now; ``--status`` reads each run folder's
+    stage_status.json once (given to stage_state)."""
+    from analysis.reproduce.runner import is_done, write_status
+    from analysis.reproduce.slurm_status import stage_state
+
+    out, recipe, ckpt = tmp_path / "out", tmp_path / "r.yaml", tmp_path / "c.pth"
+    recipe.write_text("a: 1\n")
+    ckpt.write_bytes(b"w")
+    s = stage(out, recipe, ckpt)
+    assert not is_done(s) and stage_state(s, out, None, {})[0] == "not submitted"
+    assert run_stage(s, out)["status"] == "done"
+    assert is_done(s) and stage_state(s, out, None, {}) == ("done", str(s.metrics), [])
+    recipe.write_text("a: 2\n")  # other inputs: done for neither
+    assert not is_done(s)
+    write_status(out / "mine", "finetune", {"status": "skipped", "reason": "why"})
+    assert stage_state(s, out, None, {}) == ("skipped", "why", [])
+    assert stage_state(s, out, None, {}, run_status={}) == ("not submitted", "", [])  # the status given is used
+    (out / "mine" / "stage_status.json").write_text("[1, 2]")  # not a map: no record, as when unreadable
+    assert read_status(out / "mine") == {} and stage_state(s, out, None, {})[0] == "not submitted"

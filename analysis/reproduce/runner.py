@@ -25,7 +25,7 @@ from pretrain.atomic import atomic_write_text
 
 from ..layout import STATUS_FILE
 from . import interrupt
-from .stage_inputs import input_changes, record_inputs, recorded_inputs, set_aside
+from .stage_inputs import input_changes, record_inputs, set_aside
 from .stages import ROOT, Stage
 
 _STATUS_LOCK = threading.Lock()
@@ -37,9 +37,10 @@ def read_status(run_dir: Path) -> dict:
     """The stage -> status record map of one method's run ({} when absent or unreadable)."""
     path = run_dir / STATUS_FILE
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except json.JSONDecodeError:
+        status = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
+    return status if isinstance(status, dict) else {}
 
 
 def write_status(run_dir: Path, stage: str, record: dict) -> None:
@@ -101,6 +102,11 @@ def unfinished_reason(stage: Stage) -> str | None:
     if wanted_iters is not None and isinstance(iters, int) and iters < wanted_iters:
         return f"{path} records {iters} of {wanted_iters} iterations"
     return None
+
+
+def is_done(stage: Stage) -> bool:
+    """Whether the stage's output is finished and made from the inputs it has now (what is skipped)."""
+    return unfinished_reason(stage) is None and not input_changes(stage)[0]
 
 
 def headline(stage: Stage) -> str:
@@ -229,7 +235,7 @@ def run_stage(
             "cpu_seconds": previous.get("cpu_seconds"),
             "metrics": str(stage.metrics),
         }
-        unchecked = "" if recorded_inputs(stage) is not None else "; its inputs were not recorded, not checked"
+        unchecked = "" if inputs is not None else "; its inputs were not recorded, not checked"  # no record
         return _settle(stage, out, record, f"done before ({stage.metrics}), skipped{unchecked}")
     if stage.available:
         record = {"status": "skipped", "reason": f"not available: {stage.available}"}

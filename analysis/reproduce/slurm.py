@@ -12,10 +12,11 @@ stage's own log to ``<out>/<run folder>/logs/<stage>.log``, the job ids to ``<ou
 Jobs are requeueable and submitit requeues them on preemption and ``--signal-delay``
 seconds before their time limit; each stage resumes from its checkpoints.
 
-Before anything is submitted: SLURM reachable (client commands on PATH, controller
-answering), the partition known, each job fitting its nodes (GPUs, CPUs, memory, node count,
-time), and each time limit longer than one checkpoint interval plus the signal delay: one
-``error:`` line otherwise. Running the same command again submits only what is neither
+Before anything is written or submitted (:func:`check_submission`, right after the stage
+table is built): the options well-formed (``--slurm-extra KEY=VALUE``, ``--time-limit`` at
+least 1), SLURM reachable (client commands on PATH, controller answering), the partition
+known, each job fitting its nodes (GPUs, CPUs, memory, node count, time), and each time limit
+longer than one checkpoint interval plus the signal delay: one ``error:`` line otherwise. Running the same command again submits only what is neither
 done nor queued or running (a job blocked behind a failed one is cancelled and submitted
 again); ``--resubmit-failed OUTPUT`` submits only the stages whose jobs failed (and the
 report); ``--status OUTPUT`` prints every stage's state (``analysis.reproduce.slurm_status``).
@@ -32,11 +33,10 @@ import sys
 import time
 from pathlib import Path
 
-from .runner import unfinished_reason, write_status
+from .runner import is_done, write_status
 from ..layout import JOBS_FILE, SLURM_FOLDER
 from .slurm_resources import REPORT, Resources, stage_resources
 from .slurm_status import SlurmError, JobState, print_status, queue_states, read_jobs, run_slurm, stage_key, write_jobs
-from .stage_inputs import input_changes
 from .stages import ROOT, Profile, Stage
 
 MAX_TIMEOUTS = 20  # requeues after a time limit (preemptions are not counted)
@@ -290,7 +290,7 @@ def submit_run(
         key = stage_key(stage)
         before = record["stages"].get(key)
         state = states.get(before["job_id"]) if before else None
-        if unfinished_reason(stage) is None and not input_changes(stage)[0]:
+        if is_done(stage):
             print(f"[reproduce] {key}: done before ({stage.metrics}), skipped")
             continue
         if stage.available:

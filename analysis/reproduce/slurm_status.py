@@ -19,9 +19,8 @@ from pathlib import Path
 
 from pretrain.atomic import atomic_write_json
 
-from ..layout import JOBS_FILE, REPORT_FILE, SLURM_FOLDER, STATUS_FILE
-from .runner import unfinished_reason
-from .stage_inputs import input_changes
+from ..layout import JOBS_FILE, REPORT_FILE, SLURM_FOLDER
+from .runner import is_done, read_status
 from .stages import Stage
 
 LIVE = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "REQUEUE_HOLD",
@@ -108,15 +107,17 @@ def submitit_log(out: Path, job_id: str) -> Path:
     return out / SLURM_FOLDER / job_id / f"{job_id}_0_log.out"
 
 
-def stage_state(stage: Stage, out: Path, entry: dict | None, states: dict[str, JobState]) -> tuple[str, str, list[str]]:
-    """(state, detail, log tail) of one stage: done / running / queued / blocked / failed / skipped / not submitted."""
-    if unfinished_reason(stage) is None and not input_changes(stage)[0]:
+def stage_state(
+    stage: Stage, out: Path, entry: dict | None, states: dict[str, JobState], run_status: dict | None = None
+) -> tuple[str, str, list[str]]:
+    """(state, detail, log tail) of one stage: done / running / queued / blocked / failed / skipped / not submitted.
+
+    ``run_status``: its run folder's ``stage_status.json`` (``runner.read_status``), read here when not given.
+    """
+    if is_done(stage):
         return "done", str(stage.metrics), []
-    status = {}
-    try:
-        status = json.loads((out / stage.method / STATUS_FILE).read_text()).get(stage.name, {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        pass
+    status = (read_status(out / stage.method) if run_status is None else run_status).get(stage.name, {})
+    status = status if isinstance(status, dict) else {}
     if not entry:
         if status.get("status") == "skipped":
             return "skipped", status.get("reason", ""), []
@@ -140,8 +141,12 @@ def print_status(out: Path, stages: list[Stage], jobs: dict) -> int:
     """Print every stage's state (and the report job's); 1 when some stage failed or is blocked, else 0."""
     states = queue_states()
     counts: dict[str, int] = {}
+    statuses: dict[str, dict] = {}  # run folder -> its stage_status.json, read once
     for stage in stages:
-        state, detail, tail = stage_state(stage, out, jobs.get("stages", {}).get(stage_key(stage)), states)
+        if stage.method not in statuses:
+            statuses[stage.method] = read_status(out / stage.method)
+        entry = jobs.get("stages", {}).get(stage_key(stage))
+        state, detail, tail = stage_state(stage, out, entry, states, statuses[stage.method])
         counts[state] = counts.get(state, 0) + 1
         print(f"{stage_key(stage):40s} {state:14s} {detail}")
         for line in tail:
