@@ -130,6 +130,23 @@ def test_a_detector_import_written_for_timm_loads_strictly_and_says_what_was_fil
     assert not (tmp_path / "t2.pth").exists() and not card_path(tmp_path / "t2.pth").exists()
 
 
+def test_safetensors_with_check_timm_refuses_what_timm_needs_changed_before_writing(tmp_path, capsys):
+    """A safetensors file keeps the weights as they are: a source timm needs filled is refused, nothing written."""
+    from test_weight_formats import tiny_encoder
+
+    enc = tiny_encoder().state_dict()
+    torch.save({"model": {f"backbone.net.{k}": v for k, v in enc.items() if k != "cls_token"}}, tmp_path / "det.pth")
+    dst = tmp_path / "det.safetensors"
+    assert convert([str(tmp_path / "det.pth"), str(dst), "--to", "safetensors", "--check-timm",
+                    "vit_tiny_patch16_224"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err
+    assert "a safetensors file keeps the weights as they are, and timm needs them changed" in err
+    assert "export --to timm for timm" in err
+    assert not dst.exists() and not card_path(dst).exists() and not list(tmp_path.glob(".det*"))
+    assert convert([str(tmp_path / "det.pth"), str(dst), "--to", "safetensors"]) == 0  # without the check: as it is
+
+
 def test_an_mmseg_beit_import_with_check_timm_is_one_line_and_its_card_has_the_size(tmp_path, capsys):
     """A BEiT encoder has no absolute table: --check-timm gave a KeyError traceback, the card img_size null."""
     pytest.importorskip("mmseg.models")

@@ -149,11 +149,13 @@ def export_weights(
     to: str = "timm",
     overwrite: bool = False,
     verify: Callable[[Path], None] | None = None,
+    also_fits: str | None = None,
 ) -> Export:
     """Read any supported ``src``, write its encoder for ``to`` at ``dst`` and the card beside it.
 
     ``verify(path)`` checks the written file before it is moved to ``dst`` (raise CheckpointError to
-    refuse it: nothing is left behind)."""
+    refuse it: nothing is left behind). ``also_fits`` names a second target the file must load into as it
+    is (``safetensors`` checked for ``timm``): refused before writing when that target would need changes."""
     if to not in WRITERS:
         raise ValueError(f"unknown export target {to!r}; choose one of {list(TARGETS)}")
     src, dst = Path(src), Path(dst)
@@ -163,7 +165,13 @@ def export_weights(
     fmt = detect_format(state, src)
     encoder = encoder_state_dict(state, src)
     info = source_info(src, ckpt)
-    plan = plan_target(encoder, to, str(src), declared_heads(ckpt, info, encoder_shape(encoder).embed_dim)[0])
+    heads = declared_heads(ckpt, info, encoder_shape(encoder).embed_dim)[0]
+    plan = plan_target(encoder, to, str(src), heads)
+    if also_fits is not None:
+        needs = plan_target(encoder, also_fits, str(src), heads).notes
+        if needs:
+            raise CheckpointError(f"{src}: a {to} file keeps the weights as they are, and {also_fits} needs them "
+                                  f"changed ({'; '.join(needs)}): export --to {also_fits} for {also_fits}")
     card = build_card(src, ckpt, encoder, fmt, to, state, info)
     notes = dict(plan.notes)
     no_size = grid_note(encoder)
