@@ -76,11 +76,6 @@ def parse_inits(specs: list[str] | None, methods: list[str]) -> list[tuple[str, 
     return out
 
 
-def profile_architectures(size: str, patch: int) -> dict[tuple[str, int], str]:
-    """(ViT size, patch size) -> the recipe set of a profile with ``size``-sized recipes at ``patch`` px patches."""
-    return {(size, patch): size}
-
-
 def _recipe_method(identity: CheckpointIdentity) -> str:
     """Whose recipes the weights get: AdPE's for contextual relative tables, else the method the file shows."""
     if "contextual (iRPE, AdPE)" in (identity.position_embedding.get("relative_position") or []):
@@ -94,12 +89,15 @@ def _one_line(text: str, most: int = 400) -> str:
 
 
 def trial_load(identity: CheckpointIdentity, size: str, img_size: int) -> dict[str, Any]:
-    """Load the encoder into the recipe's classifier once, by the classification stages' rules: the report."""
+    """Load the encoder into the recipe's classifier once, by the classification stages' rules: the report.
+
+    ``identity``: read with ``keep_encoder=True`` (its encoder tensors are loaded).
+    """
     from classification.load import classifier_rules
     from classification.model import build_classifier, needs_rel_pos
     from pretrain.weights.loading import load_encoder_into
 
-    encoder = identity.encoder or identify_checkpoint(identity.file, keep_encoder=True).encoder
+    encoder = identity.encoder
     model = build_classifier(size, num_classes=2, img_size=img_size, patch_size=identity.patch_size,
                              global_pool="token", rel_pos=needs_rel_pos(encoder))
     report = load_encoder_into(model, encoder, classifier_rules(model), identity.file)
@@ -107,19 +105,18 @@ def trial_load(identity: CheckpointIdentity, size: str, img_size: int) -> dict[s
             "resized": report.resized, "unused": report.unused, "into": f"vit_{size}_patch{identity.patch_size}_{img_size}"}
 
 
-def inspect_init(name: str, path: str, recipes: dict[tuple[str, int], str], img_size: int, profile: str) -> Init:
-    """Read, identify, match to a recipe and trial-load one ``--init``; InitError in one line when it does not fit."""
+def inspect_init(name: str, path: str, size: str, patch: int, img_size: int, profile: str) -> Init:
+    """Read, identify, match to the profile's recipes (ViT ``size`` at ``patch`` px patches) and trial-load one
+    ``--init``; InitError in one line when it does not fit."""
     try:
         identity = identify_checkpoint(path, keep_encoder=True)
     except CheckpointError as exc:
         raise InitError(f"--init {name}={path}: {_one_line(exc)}") from None
     found = arch_label(identity.size, identity.patch_size, identity.img_size)
-    have = ", ".join(arch_label(s, p) for s, p in recipes)
-    size = recipes.get((identity.size, identity.patch_size))
-    if size is None:
+    if (identity.size, identity.patch_size) != (size, patch):
         width = f" (width {identity.embed_dim}, depth {identity.depth})" if identity.size is None else ""
         raise InitError(f"--init {name}={path}: the weights are {found}{width}; the {profile} profile has recipes "
-                        f"for {have} only (patch and image size read off the weights)")
+                        f"for {arch_label(size, patch)} only (patch and image size read off the weights)")
     if img_size % identity.patch_size:
         raise InitError(f"--init {name}={path}: the recipe's {img_size} px images are no multiple of the weights' "
                         f"{identity.patch_size} px patches")
@@ -133,10 +130,11 @@ def inspect_init(name: str, path: str, recipes: dict[tuple[str, int], str], img_
     return Init(name, Path(identity.file).resolve(), identity, size, _recipe_method(identity), load)
 
 
-def plan_inits(specs: list[str] | None, methods: list[str], recipes: dict[tuple[str, int], str], img_size: int,
+def plan_inits(specs: list[str] | None, methods: list[str], size: str, patch: int, img_size: int,
                profile: str) -> list[Init]:
-    """Every ``--init`` checked (before any stage starts); files with the same sha256 named as the same weights."""
-    inits = [inspect_init(n, p, recipes, img_size, profile) for n, p in parse_inits(specs, methods)]
+    """Every ``--init`` checked (before any stage starts) against the profile's ``size`` / ``patch`` recipes;
+    files with the same sha256 named as the same weights."""
+    inits = [inspect_init(n, p, size, patch, img_size, profile) for n, p in parse_inits(specs, methods)]
     for init in inits:
         init.same_as = [o.name for o in inits if o is not init and o.identity.sha256 == init.identity.sha256]
     return inits
@@ -186,7 +184,7 @@ def run_methods(args: argparse.Namespace) -> list[str]:
 
 def plan_from_args(args: argparse.Namespace, methods: list[str]) -> list[Init]:
     """The ``--init`` options of a run, checked against its profile's recipes; InitError in one line."""
-    from .profiles import DEFAULT_PATCH, IMAGE_SIZES, PATCH_SIZES, PROFILES
+    from .profiles import IMAGE_SIZES, PROFILES
 
     spec = PROFILES[args.profile]
     if spec.get("evaluation_only"):
@@ -199,5 +197,4 @@ def plan_from_args(args: argparse.Namespace, methods: list[str]) -> list[Init]:
     if not methods and not args.init:
         raise InitError("nothing to run: --methods none and no --init NAME=PATH")
     size = spec["size"]
-    recipes = profile_architectures(size, PATCH_SIZES.get(args.profile, DEFAULT_PATCH))
-    return plan_inits(args.init, methods, recipes, IMAGE_SIZES[size]["linear_probe"], args.profile)
+    return plan_inits(args.init, methods, size, spec["patch"], IMAGE_SIZES[size]["linear_probe"], args.profile)

@@ -47,10 +47,12 @@ DEMO = {
 # 5 % of the epochs' time (tools/benchmark_monitors.py --part demo; 100 + 100 images every epoch cost 13-18 %)
 DEMO_MONITORS = ["train.monitor.every_epochs=2", "train.monitor.images=50", "train.monitor.bank_images=50",
                  "train.monitor.probe_tokens_per_image=32", "train.monitor.probe_steps=100"]
-# profile -> backbone size and, per method, (pretraining recipe in pretrain/configs, overrides)
+# profile -> backbone size, the patch size of its recipes and, per method, (pretraining recipe in
+# pretrain/configs, overrides)
 PROFILES = {
     "demo": {
         "size": "tiny",
+        "patch": 8,  # the demo's ViT-Tiny
         "pretrain": {
             "droppos": ("droppos_vit_tiny_builtin.yaml", [*DEMO_MONITORS, "train.epochs=6"]),
             "mae": ("mae_vit_tiny_builtin.yaml", [*DEMO_MONITORS, "train.epochs=6"]),
@@ -59,6 +61,7 @@ PROFILES = {
     },
     "vit_b_200ep": {
         "size": "base",
+        "patch": 16,
         "pretrain": {
             "droppos": ("droppos_vit_base_200ep.yaml", []),
             "mae": ("mae_vit_base_800ep.yaml", ["train.epochs=200"]),
@@ -67,6 +70,7 @@ PROFILES = {
     },
     "vit_b_800ep": {
         "size": "base",
+        "patch": 16,
         "pretrain": {
             "droppos": ("droppos_vit_base_800ep.yaml", []),
             "mae": ("mae_vit_base_800ep.yaml", []),
@@ -75,6 +79,7 @@ PROFILES = {
     },
     "vit_l_800ep": {
         "size": "large",
+        "patch": 16,
         "pretrain": {
             "droppos": ("droppos_vit_large_800ep.yaml", []),
             "mae": ("mae_vit_base_800ep.yaml", ["model.size=large"]),
@@ -82,12 +87,9 @@ PROFILES = {
         },
     },
     # evaluation only: no pretraining, the paper recipes on each --init (analysis.reproduce.inits)
-    "vit_b_eval": {"size": "base", "pretrain": {}, "evaluation_only": True},
-    "vit_l_eval": {"size": "large", "pretrain": {}, "evaluation_only": True},
+    "vit_b_eval": {"size": "base", "patch": 16, "pretrain": {}, "evaluation_only": True},
+    "vit_l_eval": {"size": "large", "patch": 16, "pretrain": {}, "evaluation_only": True},
 }
-# the patch size of each profile's recipes (the demo's ViT-Tiny: 8 px; the paper profiles: 16 px)
-PATCH_SIZES = {"demo": 8}
-DEFAULT_PATCH = 16
 # backbone size -> the transfer configs (finetune_rel: for AdPE's relative-position encoders;
 # <stage>_<method>: that method's own recipe where it differs)
 TRANSFER_CONFIGS = {
@@ -213,7 +215,7 @@ def demo_profile(
             str(DEMO["probe_train_images"]),
         ],
         probe_sweep=DEMO["probe_sweep"],
-        random_arch=f"vit_{spec['size']}_patch8_{DEMO['probe_img_size']}",
+        random_arch=f"vit_{spec['size']}_patch{spec['patch']}_{DEMO['probe_img_size']}",
         robustness_flags=["--sets", "c,position", "--variants", str(data / DEMO_VARIANTS), "--imagenet",
                           str(data / "imagenet"), "--val-images", str(DEMO["robustness_images"]), "--workers",
                           str(workers), "--batch-size", "100"],
@@ -264,7 +266,7 @@ def paper_profile(name: str, args: argparse.Namespace) -> Profile:
         detection_flags=detection,
         segmentation_flags=["--launcher", "pytorch"],
         probe_flags=["--img-size", "224"],
-        random_arch=f"vit_{spec['size']}_patch16_224",
+        random_arch=f"vit_{spec['size']}_patch{spec['patch']}_224",
         robustness_flags=["--sets", PAPER_ROBUSTNESS_SETS, "--variants", str(args.imagenet_variants), "--imagenet",
                           str(args.imagenet), "--workers", "10", "--batch-size", "256"],
         env={"detection": {"DETECTRON2_DATASETS": str(args.coco)}},
