@@ -526,3 +526,25 @@ def test_stage_timeout_and_missing_input_are_reported(tmp_path, capsys):
     )
     rec = run_stage(needy, out)
     assert rec["status"] == "skipped" and "backbone.pth" in rec["reason"]
+
+
+def test_monitor_curves_of_the_runs_that_pretrained_one_helper(tmp_path):
+    """The report and the ablation report draw the monitor curves through one helper: the run folders with a
+    pretraining metrics file, each with its transfer stages' top-1 as markers."""
+    from analysis.layout import METRICS
+    from analysis.pictures.monitor_curves import final_transfer, plot_run_curves, pretrained_runs
+    from analysis.reproduce.report import make_pictures
+
+    out = tmp_path / "out"
+    history = [{"epoch": e, "loss": 1.0 / (e + 1), "pos_acc": 0.1 * e, "monitor": {"knn_top1": 10.0 * e}}
+               for e in range(3)]
+    (out / "mae" / "pretrain").mkdir(parents=True)
+    (out / "mae" / "pretrain" / METRICS["pretrain"]).write_text(json.dumps({"task": "pretrain", "history": history}))
+    (out / "mae" / "finetune").mkdir()
+    (out / "mae" / "finetune" / METRICS["finetune"]).write_text(json.dumps({"task": "finetune", "top1": 42.0}))
+    (out / "mine" / "knn").mkdir(parents=True)  # an --init row: no pretraining
+    runs = pretrained_runs([("mae", out / "mae"), ("mine", out / "mine")])
+    assert runs == [("mae", out / "mae" / "pretrain")] and final_transfer(out / "mae") == {"finetune": 42.0}
+    assert plot_run_curves(runs, tmp_path / "curves.png").stat().st_size > 0
+    made = dict(make_pictures(out, tmp_path / "data", ["mae", "mine"]))
+    assert any(path.name == "monitor_curves.png" and path.is_file() for path in made.values())

@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from ..layout import METRICS
 from .canvas import FIGSIZE, plt, save_figure
 
 PANELS = (  # (key, title, y label)
@@ -29,6 +30,7 @@ PANELS = (  # (key, title, y label)
     ("position_top1", "position-probe top-1 (held-out slice)", "%"),
     ("rankme", "RankMe (effective rank of the features)", "effective rank"),
 )
+TITLE = "Pretraining, epoch by epoch: pretext and online monitors"
 PERCENT = {"pos_acc"}  # fractions in the history, drawn in %
 # final transfer numbers: (panel, label in the legend, marker)
 FINAL_MARKERS = {"knn": ("knn_top1", "k-NN stage top-1", "*"), "linear_probe": ("knn_top1", "linear probe top-1", "D"),
@@ -43,7 +45,7 @@ def _finite(v: Any) -> bool:
 def read_curves(pretrain_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     """(epoch, value) per panel key of one pretraining run (monitor values from ``history[i]['monitor']``)."""
     folder = Path(pretrain_dir)
-    metrics = folder / "pretrain_metrics.json"
+    metrics = folder / METRICS["pretrain"]
     if metrics.is_file():
         history = json.loads(metrics.read_text()).get("history") or []
     else:  # still running: the epoch and monitor lines of its log, the last one of each epoch
@@ -71,8 +73,6 @@ def read_curves(pretrain_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
 def final_transfer(run_folder: str | Path) -> dict[str, float]:
     """A run folder's transfer top-1 (%) per stage of ``FINAL_MARKERS`` (those whose metrics exist); the
     position probe at the drop ratio the pretraining's position monitor used (nearest measured)."""
-    from ..layout import METRICS
-
     folder, out = Path(run_folder), {}
     ratio = None
     history = folder / "pretrain" / METRICS["pretrain"]
@@ -95,11 +95,23 @@ def final_transfer(run_folder: str | Path) -> dict[str, float]:
     return out
 
 
+def pretrained_runs(run_folders: Sequence[tuple[str, str | Path]]) -> list[tuple[str, Path]]:
+    """(label, pretraining folder) of the (label, run folder) pairs whose pretraining left its metrics file."""
+    runs = [(label, Path(folder) / "pretrain") for label, folder in run_folders]
+    return [(label, pre) for label, pre in runs if (pre / METRICS["pretrain"]).is_file()]
+
+
+def plot_run_curves(runs: Sequence[tuple[str, Path]], path: str | Path, title: str = TITLE) -> Path:
+    """:func:`plot_monitor_curves` of :func:`pretrained_runs`' pairs, each run folder's transfer top-1 as markers."""
+    finals = {label: final_transfer(pre.parent) for label, pre in runs}
+    return plot_monitor_curves(runs, path, finals, title=title)
+
+
 def plot_monitor_curves(
     runs: Sequence[tuple[str, str | Path]],
     path: str | Path,
     finals: dict[str, dict[str, float]] | None = None,
-    title: str = "Pretraining, epoch by epoch: pretext and online monitors",
+    title: str = TITLE,
 ) -> Path:
     """One line per run (label, pretraining folder) in every panel; ``finals[label][stage]`` = a
     transfer stage's top-1 (%), drawn at the run's last epoch (stages of ``FINAL_MARKERS``)."""

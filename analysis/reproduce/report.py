@@ -52,13 +52,12 @@ def make_pictures(out: Path, data: Path, methods: list[str]) -> list[tuple[str, 
             "patch blocks shuffled (seeds pooled)",
             lambda: plot_robustness(robust, pics_dir / "robustness.png"),
         )
-    runs = [(m, out / m / "pretrain") for m in methods if (out / m / "pretrain" / METRICS["pretrain"]).is_file()]
+    runs = pictures.pretrained_runs([(m, out / m) for m in methods])
     if runs:
-        finals = {m: pictures.final_transfer(out / m) for m, _ in runs}
         attempt(
             "Pretraining epoch by epoch: pretext loss and accuracy, online k-NN, position probe and RankMe; "
             "the transfer stages' top-1 as markers at the last epoch",
-            lambda: pictures.plot_monitor_curves(runs, pics_dir / "monitor_curves.png", finals),
+            lambda: pictures.plot_run_curves(runs, pics_dir / "monitor_curves.png"),
         )
     for method in methods:
         pre = out / method / "pretrain"

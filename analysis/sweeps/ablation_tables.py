@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .ablation import GRID_SOURCE, METHOD, RECIPE, read_plan
 from ..pictures.ablation import Pair, correlate, plot_correlation
-from ..pictures.monitor_curves import final_transfer, plot_monitor_curves
+from ..pictures.monitor_curves import plot_run_curves, pretrained_runs
 from ..cli import run_command
 from ..tables.metrics_schema import MetricsError
 from ..tables.runs import collect_runs
@@ -177,12 +177,10 @@ def build_ablation_tables(out: str | Path, pictures: bool = True) -> str:
             parts += ["", f"![pretext vs transfer]({path.relative_to(out)})"]
         except Exception as exc:  # a picture must never sink the tables
             parts += ["", f"Correlation picture not made: {type(exc).__name__}: {exc}"]
-        runs = [(p.name, out / p.name / METHOD / "pretrain") for p in points]
-        runs = [(name, folder) for name, folder in runs if (folder / "pretrain_metrics.json").is_file()]
+        runs = pretrained_runs([(p.name, out / p.name / METHOD) for p in points])
         try:
             if runs:
-                finals = {name: final_transfer(folder.parent) for name, folder in runs}
-                path = plot_monitor_curves(runs, report / CURVES, finals, title="Every point of the sweep, epoch by epoch")
+                path = plot_run_curves(runs, report / CURVES, title="Every point of the sweep, epoch by epoch")
                 parts += ["", "## Pretraining curves of every point", "", f"![curves]({path.relative_to(out)})"]
         except Exception as exc:  # a picture must never sink the tables
             parts += ["", f"Curves picture not made: {type(exc).__name__}: {exc}"]
