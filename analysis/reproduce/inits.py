@@ -23,9 +23,9 @@ from pretrain.atomic import atomic_write_json
 from pretrain.weights import CheckpointError
 from pretrain.weights.identify import CheckpointIdentity, identify_checkpoint
 
-from ..layout import INIT_FILE, METHODS, OUTPUT_ROOT_ENTRIES, SCRATCH, STAGES
+from ..layout import INIT_FILE, METHODS, OUTPUT_ROOT_ENTRIES, SCRATCH
 from ..tables.runs import arch_label
-from .stages import Profile, Stage, _stage, _transfer_command, run_folder
+from .stages import Profile, Stage, build_stage_table, run_folder
 
 # what an --init NAME (its run folder below the output root) may not be: what the run writes there itself,
 # and the names of a run folder's own and the report's subfolders
@@ -153,15 +153,7 @@ def describe(init: Init) -> str:
 
 def init_stages(profile: Profile, out: Path, inits: list[Init], seeds: int) -> list[Stage]:
     """Every transfer and probe stage of each init (no pretraining), seeds 0 .. seeds-1, under ``profile``."""
-    stages: list[Stage] = []
-    for init in inits:
-        for k in range(seeds):
-            folder = run_folder(init.name, None, k)
-            for name in STAGES[1:]:
-                where = out / folder / name
-                built = _transfer_command(profile, name, init.name, init.path, where, k, method=init.method)
-                stages.append(_stage(profile, out, folder, name, built, init.path, (k, None)))
-    return stages
+    return build_stage_table(profile, out, [], seeds, files=[(i.name, i.path, i.method) for i in inits])
 
 
 def write_init_records(out: Path, inits: list[Init], seeds: int) -> None:

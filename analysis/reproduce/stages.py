@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from ..layout import FEATURE_CACHE, INITS, METHODS, METRICS, SCRATCH, STAGES  # noqa: F401  (re-exported: the stage table's names)
 
@@ -316,17 +317,34 @@ def _needs(folder: Path, name: str, backbone: Path | None) -> list[Path]:
 
 
 def build_stage_table(
-    profile: Profile, out: Path, methods: list[str], seeds: int = 1, pretrain_seeds: int = 1
+    profile: Profile,
+    out: Path,
+    methods: list[str],
+    seeds: int = 1,
+    pretrain_seeds: int = 1,
+    files: Sequence[tuple[str, Path, str]] = (),
 ) -> list[Stage]:
     """Every stage of every initialisation, as ``profile`` launches them.
 
     ``methods`` may name ``scratch``; each transfer stage runs under seeds ``0 .. seeds-1``
-    on each pretraining run (seeds ``0 .. pretrain_seeds-1``; scratch has none).
+    on each pretraining run (seeds ``0 .. pretrain_seeds-1``; scratch has none). ``files``:
+    (name, weights file, whose recipes apply) of each ``--init NAME=PATH`` (``analysis.reproduce.inits``),
+    after the methods: every transfer and probe stage on that file, no pretraining.
     """
     if seeds < 1 or pretrain_seeds < 1:
         raise ValueError(f"seeds and pretrain_seeds must be at least 1, got {seeds} and {pretrain_seeds}")
     p = profile
     stages: list[Stage] = []
+
+    def transfers(init: str, j: int | None, backbone: Path | None, method: str | None = None) -> None:
+        for k in range(seeds):
+            folder = run_folder(init, j, k)
+            for name in STAGES[1:]:
+                if backbone is None and name == "finetuned_probe":
+                    continue  # nothing pretrained to compare with
+                built = _transfer_command(p, name, init, backbone, out / folder / name, k, method=method)
+                stages.append(_stage(p, out, folder, name, built, backbone, (k, j)))
+
     for init in methods:
         for j in [None] if init == SCRATCH else range(pretrain_seeds):
             backbone = None
@@ -335,11 +353,7 @@ def build_stage_table(
                 backbone = pre / "backbone.pth"
                 built = _pretrain_command(p, init, pre, j)
                 stages.append(_stage(p, out, run_folder(init, j, 0), "pretrain", built, None, (j, j)))
-            for k in range(seeds):
-                folder = run_folder(init, j, k)
-                for name in STAGES[1:]:
-                    if init == SCRATCH and name == "finetuned_probe":
-                        continue  # nothing pretrained to compare with
-                    built = _transfer_command(p, name, init, backbone, out / folder / name, k)
-                    stages.append(_stage(p, out, folder, name, built, backbone, (k, j)))
+            transfers(init, j, backbone)
+    for name, path, method in files:
+        transfers(name, None, path, method)
     return stages
