@@ -10,6 +10,7 @@ class count is the data's, and the exit codes of the suite's other entry points
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import os.path as osp
 from typing import Any
@@ -133,9 +134,27 @@ def refuse_unusable_images() -> bool:
     return True
 
 
+_RUNNERS = itertools.count()
+
+
+def own_visualizer(cfg: Config) -> None:
+    """Give this run's visualizer a name no earlier Runner in the process used.
+
+    MMEngine keeps one visualizer per name for the whole process and hands the
+    existing one to any later Runner asking for that name; MMSeg's configs all say
+    ``name='visualizer'``. A second run in one process (train, then resume or test)
+    would write its scalars into the first run's log folder, and fail once that
+    folder is gone.
+    """
+    vis = cfg.get("visualizer")
+    if isinstance(vis, dict):
+        vis["name"] = f"{vis.get('name', 'visualizer')}_{os.getpid()}_{next(_RUNNERS)}"
+
+
 def build_runner(cfg: Config, train: bool, force_fp32: bool = False) -> Runner:
-    """Runner from a resolved config; logs the AMP fallback in the run's log."""
+    """Runner from a resolved config, with its own visualizer; logs the AMP fallback in the run's log."""
     reason = use_fp32_if_no_cuda(cfg, force_fp32) if train else None
+    own_visualizer(cfg)
     use_safe_checkpoint_loader()
     refuse_unusable_images()
     runner = Runner.from_cfg(cfg)

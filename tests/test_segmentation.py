@@ -365,6 +365,10 @@ def test_tiny_train_then_eval_writes_miou(tmp_path, monkeypatch):
     assert json.loads((work / "segmentation_metrics.json").read_text())["iterations"] == 3
     logs = sorted(work.glob("*/*.log"))
     assert len(logs) == 2 and "resumed epoch: 0, iter: 2" in logs[-1].read_text()
+    # each run's scalars in its own log folder (MMEngine hands a second Runner the first one's visualizer by name)
+    scalars = [json.loads(line) for line in (logs[-1].parent / "vis_data" / "scalars.json").read_text().splitlines()]
+    assert [r["iter"] for r in scalars if "loss" in r] == [3]
+    assert all(r["step"] <= 2 for r in map(json.loads, (logs[0].parent / "vis_data" / "scalars.json").read_text().splitlines()))
 
     test_work = tmp_path / "test"
     targs = seg_test.get_args_parser().parse_args(
