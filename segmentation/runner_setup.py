@@ -148,7 +148,7 @@ def own_visualizer(cfg: Config) -> None:
     """
     vis = cfg.get("visualizer")
     if isinstance(vis, dict):
-        vis["name"] = f"{vis.get('name', 'visualizer')}_{os.getpid()}_{next(_RUNNERS)}"
+        vis["name"] = f"{vis.get('name', 'visualizer')}_{next(_RUNNERS)}"
 
 
 def build_runner(cfg: Config, train: bool, force_fp32: bool = False) -> Runner:
